@@ -1,0 +1,249 @@
+//! Who owns an object.
+//!
+//! The trace of a Deployment must hold its ReplicaSets and their Pods, but a Pod's body only
+//! names its direct owner (a ReplicaSet, by kind, name and uid). The [`Linker`] learns, from
+//! every event it sees, which uid is which object and who owns it, in a bounded graph, and
+//! walks it to find an object's chain of owners up to the family's root.
+//!
+//! The graph is an LRU of fixed capacity: memory is bounded by configuration, never by the
+//! input, and eviction is deterministic, so replaying the same input twice links it the same
+//! way. An owner that was evicted or never seen is still placed from the owner reference
+//! itself ([`ObjectRef::from_owner_ref`]), only without its own owners.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+use serde::Deserialize;
+
+use kubetrail_model::{ObjectHead, ObjectRef};
+
+/// Linker settings (`link:` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LinkerConfig {
+    /// Objects remembered in the learned graph (uid → identity and owner).
+    pub max_objects: usize,
+    /// Longest owner chain followed (CronJob → Job → Pod is 2).
+    pub max_depth: usize,
+}
+
+impl Default for LinkerConfig {
+    fn default() -> Self {
+        LinkerConfig { max_objects: 200_000, max_depth: 8 }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Node {
+    object: ObjectRef,
+    /// The controlling owner: its uid and where its reference places it.
+    owner: Option<ObjectRef>,
+}
+
+/// The learned object graph and owner resolution.
+pub struct Linker {
+    config: LinkerConfig,
+    by_uid: LruCache<String, Node>,
+    /// The uid currently known for a name (the latest incarnation).
+    by_ref: LruCache<ObjectRef, String>,
+}
+
+impl Linker {
+    /// An empty graph.
+    pub fn new(config: LinkerConfig) -> Self {
+        let cap = NonZeroUsize::new(config.max_objects.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Linker { by_uid: LruCache::new(cap), by_ref: LruCache::new(cap), config }
+    }
+
+    /// Objects held in the graph.
+    pub fn len(&self) -> usize {
+        self.by_uid.len()
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.by_uid.is_empty()
+    }
+
+    /// Learns from one event about `object`. `head` is the head of a body that *is* the object
+    /// (a create or update request or response), not of a Binding or DeleteOptions.
+    ///
+    /// Fills in `object.uid` from the graph when the event did not carry it.
+    pub fn observe(&mut self, object: &mut ObjectRef, head: Option<&ObjectHead>) {
+        if object.uid.is_none() {
+            object.uid = self.by_ref.get(object).cloned();
+        }
+        let Some(uid) = object.uid.clone() else { return };
+        self.by_ref.put(object.clone(), uid.clone());
+        let owner = head
+            .and_then(ObjectHead::controller)
+            .map(|o| ObjectRef::from_owner_ref(o, &object.namespace))
+            .filter(|o| o.uid.as_deref() != Some(uid.as_str()));
+        match self.by_uid.get_mut(&uid) {
+            Some(node) => {
+                node.object = object.clone();
+                // A partial body (a patch) that names no owner does not orphan the object.
+                if owner.is_some() {
+                    node.owner = owner;
+                }
+            }
+            None => {
+                self.by_uid.put(uid, Node { object: object.clone(), owner });
+            }
+        }
+    }
+
+    /// The direct owner of an object, with its identity corrected from the owner's own
+    /// events when they were seen.
+    fn owner_of(&mut self, object: &ObjectRef) -> Option<ObjectRef> {
+        let uid = match &object.uid {
+            Some(u) => u.clone(),
+            None => self.by_ref.get(object)?.clone(),
+        };
+        let owner = self.by_uid.get(&uid)?.owner.clone()?;
+        let known = owner.uid.as_ref().and_then(|u| self.by_uid.get(u)).map(|n| n.object.clone());
+        Some(known.unwrap_or(owner))
+    }
+
+    /// The chain of owners of `object`, nearest first, ending at the family's root.
+    ///
+    /// Stops at `max_depth` and at the first object seen twice (a cycle, or an object that
+    /// names itself as owner), so it always terminates.
+    pub fn ancestors(&mut self, object: &ObjectRef) -> Vec<ObjectRef> {
+        let mut chain: Vec<ObjectRef> = Vec::new();
+        let mut current = object.clone();
+        while chain.len() < self.config.max_depth {
+            let Some(owner) = self.owner_of(&current) else { break };
+            if owner == *object || chain.contains(&owner) {
+                break;
+            }
+            chain.push(owner.clone());
+            current = owner;
+        }
+        chain
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn obj(group: &str, resource: &str, ns: &str, name: &str, uid: Option<&str>) -> ObjectRef {
+        ObjectRef {
+            group: group.into(),
+            resource: resource.into(),
+            namespace: ns.into(),
+            name: name.into(),
+            uid: uid.map(Into::into),
+        }
+    }
+
+    fn head(owner: Option<(&str, &str, &str, &str)>) -> ObjectHead {
+        let owners = owner
+            .map(|(api, kind, name, uid)| {
+                format!(r#"[{{"apiVersion":"{api}","kind":"{kind}","name":"{name}","uid":"{uid}","controller":true}}]"#)
+            })
+            .unwrap_or_else(|| "[]".into());
+        serde_json::from_str(&format!(r#"{{"metadata":{{"ownerReferences":{owners}}}}}"#)).unwrap()
+    }
+
+    #[test]
+    fn pod_is_placed_under_the_deployment_learned_from_the_replicaset() {
+        let mut l = Linker::new(LinkerConfig::default());
+        let mut dep = obj("apps", "deployments", "shop", "web", Some("d1"));
+        l.observe(&mut dep, Some(&head(None)));
+        let mut rs = obj("apps", "replicasets", "shop", "web-1", Some("r1"));
+        l.observe(&mut rs, Some(&head(Some(("apps/v1", "Deployment", "web", "d1")))));
+        let mut pod = obj("", "pods", "shop", "web-1-x", Some("p1"));
+        l.observe(&mut pod, Some(&head(Some(("apps/v1", "ReplicaSet", "web-1", "r1")))));
+        assert_eq!(l.ancestors(&pod), vec![rs.clone(), dep.clone()]);
+        // A later Metadata-level event knows only the name: the uid is recalled.
+        let mut bare = obj("", "pods", "shop", "web-1-x", None);
+        l.observe(&mut bare, None);
+        assert_eq!(bare.uid.as_deref(), Some("p1"));
+        assert_eq!(l.ancestors(&bare), vec![rs, dep]);
+    }
+
+    #[test]
+    fn unseen_owner_is_placed_from_the_reference() {
+        let mut l = Linker::new(LinkerConfig::default());
+        let mut cr = obj("apps", "controllerrevisions", "kube-system", "kube-proxy-1", Some("c1"));
+        l.observe(&mut cr, Some(&head(Some(("apps/v1", "DaemonSet", "kube-proxy", "ds1")))));
+        let chain = l.ancestors(&cr);
+        assert_eq!(chain, vec![obj("apps", "daemonsets", "kube-system", "kube-proxy", Some("ds1"))]);
+    }
+
+    #[test]
+    fn cluster_scoped_owner_has_no_namespace() {
+        let mut l = Linker::new(LinkerConfig::default());
+        let mut pod = obj("", "pods", "openshift-etcd", "etcd-node1", Some("p"));
+        l.observe(&mut pod, Some(&head(Some(("v1", "Node", "node1", "n1")))));
+        assert_eq!(l.ancestors(&pod), vec![obj("", "nodes", "", "node1", Some("n1"))]);
+    }
+
+    #[test]
+    fn learned_identity_overrides_the_guess() {
+        // An owner of a kind we cannot know is cluster-scoped, seen through its own events.
+        let mut l = Linker::new(LinkerConfig::default());
+        let mut owner = obj("example.com", "widgets", "", "w", Some("w1"));
+        l.observe(&mut owner, None);
+        let mut child = obj("", "configmaps", "team", "c", Some("c1"));
+        l.observe(&mut child, Some(&head(Some(("example.com/v1", "Widget", "w", "w1")))));
+        assert_eq!(l.ancestors(&child), vec![owner]);
+    }
+
+    #[test]
+    fn cycles_and_self_references_terminate() {
+        let mut l = Linker::new(LinkerConfig::default());
+        let mut a = obj("x", "as", "n", "a", Some("a"));
+        let mut b = obj("x", "bs", "n", "b", Some("b"));
+        l.observe(&mut a, Some(&head(Some(("x/v1", "B", "b", "b")))));
+        l.observe(&mut b, Some(&head(Some(("x/v1", "A", "a", "a")))));
+        assert_eq!(l.ancestors(&a), vec![b.clone()]);
+        let mut s = obj("x", "ss", "n", "s", Some("s"));
+        l.observe(&mut s, Some(&head(Some(("x/v1", "S", "s", "s")))));
+        assert!(l.ancestors(&s).is_empty());
+    }
+
+    #[test]
+    fn depth_limit_and_capacity_hold() {
+        let mut l = Linker::new(LinkerConfig { max_objects: 50, max_depth: 3 });
+        for i in 0..100 {
+            let mut o = obj("x", "things", "n", &format!("t{i}"), Some(&format!("u{i}")));
+            let parent = format!("t{}", i + 1);
+            let puid = format!("u{}", i + 1);
+            l.observe(&mut o, Some(&head(Some(("x/v1", "Thing", &parent, &puid)))));
+        }
+        assert_eq!(l.len(), 50);
+        let last = obj("x", "things", "n", "t99", Some("u99"));
+        assert_eq!(l.ancestors(&last).len(), 1); // t100 never seen: placed from the reference
+        let mid = obj("x", "things", "n", "t60", Some("u60"));
+        assert_eq!(l.ancestors(&mid).len(), 3);
+    }
+
+    proptest! {
+        /// Whatever owner graph the input describes, resolution terminates within the depth
+        /// limit and never lists the object itself or an owner twice.
+        #[test]
+        fn resolution_is_bounded(edges in proptest::collection::vec((0u8..12, 0u8..12), 0..40)) {
+            let mut l = Linker::new(LinkerConfig { max_objects: 8, max_depth: 5 });
+            for (a, b) in &edges {
+                let mut o = obj("x", "things", "n", &format!("t{a}"), Some(&format!("u{a}")));
+                l.observe(&mut o, Some(&head(Some(("x/v1", "Thing", &format!("t{b}"), &format!("u{b}"))))));
+            }
+            for i in 0..12u8 {
+                let o = obj("x", "things", "n", &format!("t{i}"), Some(&format!("u{i}")));
+                let chain = l.ancestors(&o);
+                prop_assert!(chain.len() <= 5);
+                prop_assert!(!chain.contains(&o));
+                for (j, c) in chain.iter().enumerate() {
+                    prop_assert!(!chain[j + 1..].contains(c));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! Turning bytes into [`AuditEvent`]s, for replay and for the webhook.
+//!
+//! Audit events reach kubetrail in a handful of shapes, all handled here so that every run
+//! mode agrees on what is valid:
+//!
+//! * JSON lines of `Event`s, what `--audit-log-path` writes (the common case, parsed line by
+//!   line in one pass);
+//! * `EventList` objects, one per line (a webhook capture) or pretty-printed over many lines;
+//! * a JSON array of events, or pretty-printed single events;
+//! * any of these gzip-compressed (detected from the magic bytes, not the file name);
+//! * `-` for standard input.
+//!
+//! A malformed line or list item is reported as a [`Malformed`] record with its line number
+//! and reason, and reading goes on: one bad line never costs the rest of the file.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod decode;
+mod reader;
+
+pub use decode::{ItemError, decode_event_list};
+pub use reader::{EventReader, Malformed, SourceError, open_input};
+
+pub use kubetrail_model::AuditEvent;
