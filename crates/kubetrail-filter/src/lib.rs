@@ -106,6 +106,15 @@ pub struct FilterConfig {
     pub keep_dry_run: bool,
 }
 
+/// Resources dropped by default: leader-election leases (renewed every few seconds by every
+/// controller and kubelet), and the virtual review resources that are "created" on every
+/// authentication and authorization check but never stored.
+pub const DEFAULT_EXCLUDED_RESOURCES: &[&str] = &[
+    "leases.coordination.k8s.io",
+    "*reviews.authorization.k8s.io",
+    "*reviews.authentication.k8s.io",
+];
+
 /// Verbs that change state.
 pub const MUTATING_VERBS: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
 
@@ -115,7 +124,7 @@ impl Default for FilterConfig {
             verbs: MUTATING_VERBS.iter().map(|s| (*s).to_owned()).collect(),
             include: vec![],
             exclude: vec![Rule {
-                resources: vec![Pattern::new("leases.coordination.k8s.io")],
+                resources: DEFAULT_EXCLUDED_RESOURCES.iter().map(|r| Pattern::new(*r)).collect(),
                 ..Rule::default()
             }],
             keep_failed: true,

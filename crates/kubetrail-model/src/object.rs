@@ -77,7 +77,8 @@ impl fmt::Display for ObjectRef {
         if !self.namespace.is_empty() {
             write!(f, "{}/", self.namespace)?;
         }
-        f.write_str(&self.name)
+        // A request about a whole collection (deletecollection, an unnamed create).
+        f.write_str(if self.name.is_empty() { "*" } else { &self.name })
     }
 }
 
@@ -104,10 +105,17 @@ impl ObjectRef {
                 let same = r.subresource.is_none() || matches!(r.subresource.as_deref(), Some("status"));
                 (same && h.metadata.name.as_deref() == Some(name)).then(|| h.metadata.uid.clone())?
             });
+        let group = r.api_group.clone().unwrap_or_default();
+        // The API server puts a Namespace's own name in objectRef.namespace; it is cluster-scoped.
+        let namespace = if group.is_empty() && resource == "namespaces" {
+            String::new()
+        } else {
+            r.namespace.clone().unwrap_or_default()
+        };
         Some(ObjectRef {
-            group: r.api_group.clone().unwrap_or_default(),
+            group,
             resource: resource.to_owned(),
-            namespace: r.namespace.clone().unwrap_or_default(),
+            namespace,
             name: name.to_owned(),
             uid,
         })

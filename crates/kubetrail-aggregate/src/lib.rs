@@ -1,0 +1,508 @@
+//! From linked audit events to spans.
+//!
+//! The trace model: one trace per **object family** (an object and everything it owns,
+//! transitively) per **time window**. The family's root object's span is the trace root; an
+//! owned object's span is a child of its owner's span; each request (one auditID) is a child
+//! span of the span of the object it was about.
+//!
+//! When spans are emitted (see ARCHITECTURE.md for the reasoning):
+//!
+//! * A **request span** is emitted as soon as its request completes, so it is in Jaeger
+//!   within the exporter's batching delay. Its parent id is known up front, because object span
+//!   ids are derived from (cluster, object, window, segment), not allocated.
+//! * **Object spans** of a family are emitted together when the family has been quiet for
+//!   `linger` (event time), or when memory limits force it, or at the end of input. They then
+//!   cover exactly the requests of the object and of what it owns, so the trace reads well in
+//!   plain Jaeger UI. Until then a user sees the requests under a not-yet-present parent.
+//! * Activity in the same window after a family was emitted starts a new **segment**: new
+//!   object spans (segment + 1, new ids) in the same trace, the root's segment a second root.
+//!   An object deleted and recreated under the same name also starts a new segment.
+//!
+//! Time is event time: the clock is the latest timestamp seen (plus wall-clock ticks from a
+//! live source), so a replay is deterministic.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod attrs;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use kubetrail_model::ids::{self, SpanId, TraceId};
+use kubetrail_model::{Actor, AttrKey, AttrValue, AuditEvent, ObjectRef, SpanKind, SpanRecord, SpanStatus, UnixNanos};
+
+/// Aggregation settings (`aggregate:` in the config file).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AggregatorConfig {
+    /// Length of a trace's time window.
+    #[serde(with = "humantime_serde")]
+    pub window: Duration,
+    /// How long a family must be quiet before its object spans are emitted.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// `service.name` of object spans.
+    pub object_service: String,
+    /// Objects held open at most; beyond it the least recently active families are emitted
+    /// early (memory is bounded by this, not by the input).
+    pub max_open_objects: usize,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            window: Duration::from_secs(30 * 60),
+            linger: Duration::from_secs(30),
+            object_service: "kubetrail".into(),
+            max_open_objects: 100_000,
+        }
+    }
+}
+
+/// Where the pipeline placed a request: its object and that object's owners.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    /// The cluster the event came from.
+    pub cluster: String,
+    /// The object the request was about (uid filled in when known).
+    pub object: ObjectRef,
+    /// Its owners, nearest first; the last is the family root.
+    pub ancestors: Vec<ObjectRef>,
+    /// The object's kind, when a body said it.
+    pub kind: Option<String>,
+    /// Whether the request deleted the object (a successful `delete`).
+    pub deletes: bool,
+    /// Whether the request was never seen complete (only earlier stages arrived).
+    pub incomplete: bool,
+}
+
+/// Counters the aggregator keeps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AggregatorStats {
+    /// Request spans emitted.
+    pub request_spans: u64,
+    /// Object spans emitted.
+    pub object_spans: u64,
+    /// Families emitted (each segment counts).
+    pub families_emitted: u64,
+    /// Families emitted early because `max_open_objects` was reached.
+    pub families_forced: u64,
+    /// Segments started after a family had already been emitted in the same window.
+    pub continuations: u64,
+    /// New incarnations (recreated under the same name).
+    pub recreations: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct FamilyKey {
+    cluster: String,
+    window_start: UnixNanos,
+    root: ObjectRef,
+}
+
+#[derive(Debug)]
+struct ObjectState {
+    object: ObjectRef,
+    parent: Option<ObjectRef>,
+    segment: u32,
+    span_id: SpanId,
+    /// Extent of the object's own requests.
+    own: Option<(UnixNanos, UnixNanos)>,
+    requests: u32,
+    errors: u32,
+    kind: Option<String>,
+    deleted: bool,
+}
+
+#[derive(Debug)]
+struct Family {
+    key: FamilyKey,
+    trace_id: TraceId,
+    objects: BTreeMap<ObjectRef, ObjectState>,
+    last_activity: UnixNanos,
+}
+
+/// The aggregation state machine. Single-threaded and deterministic: the same calls in the
+/// same order emit the same spans.
+pub struct Aggregator {
+    config: AggregatorConfig,
+    window: i64,
+    linger: i64,
+    next_id: u64,
+    index: HashMap<FamilyKey, u64>,
+    families: HashMap<u64, Family>,
+    activity: BTreeSet<(UnixNanos, u64)>,
+    /// Segments already emitted per (window, cluster, object): the next segment number.
+    segments: BTreeMap<UnixNanos, HashMap<(String, ObjectRef), u32>>,
+    open_objects: usize,
+    clock: UnixNanos,
+    stats: AggregatorStats,
+}
+
+fn nanos(d: Duration) -> i64 {
+    i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)
+}
+
+impl Aggregator {
+    /// A new aggregator.
+    pub fn new(config: AggregatorConfig) -> Self {
+        Aggregator {
+            window: nanos(config.window).max(1),
+            linger: nanos(config.linger),
+            config,
+            next_id: 0,
+            index: HashMap::new(),
+            families: HashMap::new(),
+            activity: BTreeSet::new(),
+            segments: BTreeMap::new(),
+            open_objects: 0,
+            clock: i64::MIN,
+            stats: AggregatorStats::default(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> &AggregatorStats {
+        &self.stats
+    }
+
+    /// Families currently open (not yet emitted).
+    pub fn open_families(&self) -> usize {
+        self.families.len()
+    }
+
+    /// Objects currently open.
+    pub fn open_objects(&self) -> usize {
+        self.open_objects
+    }
+
+    /// The start of the window containing `t`.
+    pub fn window_start(&self, t: UnixNanos) -> UnixNanos {
+        t.div_euclid(self.window) * self.window
+    }
+
+    /// The trace id and object span id an object would get at time `t` as the root of its
+    /// family, in its first segment (what `kubetrail url` computes).
+    pub fn ids_for_root(&self, cluster: &str, root: &ObjectRef, t: UnixNanos) -> (TraceId, SpanId) {
+        let w = self.window_start(t);
+        (ids::trace_id(cluster, root, w), ids::object_span_id(cluster, root, w, 0))
+    }
+
+    fn next_segment(&self, window_start: UnixNanos, cluster: &str, o: &ObjectRef) -> u32 {
+        self.segments
+            .get(&window_start)
+            .and_then(|m| m.get(&(cluster.to_owned(), o.clone())))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn new_state(&self, key: &FamilyKey, object: ObjectRef, parent: Option<ObjectRef>) -> ObjectState {
+        let segment = self.next_segment(key.window_start, &key.cluster, &object);
+        ObjectState {
+            span_id: ids::object_span_id(&key.cluster, &object, key.window_start, segment),
+            object,
+            parent,
+            segment,
+            own: None,
+            requests: 0,
+            errors: 0,
+            kind: None,
+            deleted: false,
+        }
+    }
+
+    /// Adds one completed request, emitting its span (and any spans it causes to close) to `out`.
+    pub fn add_request(&mut self, event: &AuditEvent, place: Placement, out: &mut Vec<SpanRecord>) {
+        let (Some(start), Some(end)) = (event.start_time(), event.end_time()) else {
+            return;
+        };
+        let end = end.max(start);
+        let window_start = self.window_start(start);
+        let root = place.ancestors.last().unwrap_or(&place.object).clone();
+        let key = FamilyKey { cluster: place.cluster.clone(), window_start, root };
+        let id = match self.index.get(&key) {
+            Some(id) => *id,
+            None => {
+                let id = self.next_id;
+                self.next_id += 1;
+                if self.segments.get(&window_start).is_some_and(|m| m.contains_key(&(key.cluster.clone(), key.root.clone()))) {
+                    self.stats.continuations += 1;
+                }
+                let fam = Family {
+                    trace_id: ids::trace_id(&key.cluster, &key.root, window_start),
+                    key: key.clone(),
+                    objects: BTreeMap::new(),
+                    last_activity: end,
+                };
+                self.index.insert(key.clone(), id);
+                self.families.insert(id, fam);
+                self.activity.insert((end, id));
+                id
+            }
+        };
+
+        // Make sure the object and its owner chain are in the family, parents up to date.
+        let mut chain: Vec<(ObjectRef, Option<ObjectRef>)> = Vec::with_capacity(place.ancestors.len() + 1);
+        chain.push((place.object.clone(), place.ancestors.first().cloned()));
+        for (i, a) in place.ancestors.iter().enumerate() {
+            chain.push((a.clone(), place.ancestors.get(i + 1).cloned()));
+        }
+        let mut recreated = None;
+        for (i, (obj, parent)) in chain.into_iter().enumerate() {
+            let exists = self.families.get(&id).is_some_and(|f| f.objects.contains_key(&obj));
+            if !exists {
+                let st = self.new_state(&key, obj.clone(), parent);
+                if let Some(f) = self.families.get_mut(&id) {
+                    f.objects.insert(obj, st);
+                    self.open_objects += 1;
+                }
+                continue;
+            }
+            let Some(f) = self.families.get_mut(&id) else { continue };
+            let Some(st) = f.objects.get_mut(&obj) else { continue };
+            st.parent = parent;
+            if i == 0 {
+                let uid_changed = matches!((&st.object.uid, &obj.uid), (Some(a), Some(b)) if a != b);
+                let recreate = uid_changed || (st.deleted && event.verb == "create");
+                if recreate {
+                    recreated = Some(obj);
+                } else if obj.uid.is_some() {
+                    st.object.uid = obj.uid;
+                }
+            }
+        }
+        if let Some(obj) = recreated {
+            // A new incarnation: close the old one's span now and start the next segment.
+            self.stats.recreations += 1;
+            self.emit_object_now(id, &obj, out);
+        }
+
+        let Some(fam) = self.families.get_mut(&id) else { return };
+        let trace_id = fam.trace_id;
+        let Some(st) = fam.objects.get_mut(&place.object) else { return };
+        st.own = Some(match st.own {
+            Some((s, e)) => (s.min(start), e.max(end)),
+            None => (start, end),
+        });
+        st.requests += 1;
+        let failed = event.response_code().is_some_and(|c| c >= 400);
+        if failed {
+            st.errors += 1;
+        }
+        if place.kind.is_some() {
+            st.kind = place.kind.clone();
+        }
+        if place.deletes {
+            st.deleted = true;
+        }
+        let parent_span = st.span_id;
+        let object = st.object.clone();
+        if end > fam.last_activity {
+            self.activity.remove(&(fam.last_activity, id));
+            fam.last_activity = end;
+            self.activity.insert((end, id));
+        }
+
+        out.push(request_span(event, &place, &object, trace_id, parent_span, start, end));
+        self.stats.request_spans += 1;
+
+        while self.open_objects > self.config.max_open_objects {
+            let Some(&(_, oldest)) = self.activity.first() else { break };
+            self.stats.families_forced += 1;
+            self.emit_family(oldest, out);
+        }
+    }
+
+    /// Advances the clock to `now` (event time, or wall time from a live source) and emits the
+    /// families that have been quiet for `linger`.
+    pub fn advance(&mut self, now: UnixNanos, out: &mut Vec<SpanRecord>) {
+        if now <= self.clock {
+            return;
+        }
+        self.clock = now;
+        while let Some(&(last, id)) = self.activity.first() {
+            if last.saturating_add(self.linger) > now {
+                break;
+            }
+            self.emit_family(id, out);
+        }
+        // Segment counters of windows that can no longer receive events are dropped.
+        let horizon = self.window_start(now).saturating_sub(self.window.saturating_mul(2));
+        while let Some((&w, _)) = self.segments.first_key_value() {
+            if w >= horizon {
+                break;
+            }
+            self.segments.pop_first();
+        }
+    }
+
+    /// Emits every open family (end of input, shutdown, or a consumer losing its partitions).
+    pub fn finish(&mut self, out: &mut Vec<SpanRecord>) {
+        while let Some(&(_, id)) = self.activity.first() {
+            self.emit_family(id, out);
+        }
+    }
+
+    fn bump_segment(&mut self, key: &FamilyKey, st: &ObjectState) {
+        self.segments
+            .entry(key.window_start)
+            .or_default()
+            .insert((key.cluster.clone(), st.object.clone()), st.segment + 1);
+    }
+
+    fn emit_object_now(&mut self, id: u64, obj: &ObjectRef, out: &mut Vec<SpanRecord>) {
+        let Some(fam) = self.families.get_mut(&id) else { return };
+        let Some(old) = fam.objects.remove(obj) else { return };
+        let (key, trace_id) = (fam.key.clone(), fam.trace_id);
+        let parent_span = old.parent.as_ref().and_then(|p| fam.objects.get(p)).map(|p| p.span_id);
+        if let Some((s, e)) = old.own {
+            out.push(self.object_span(&key, trace_id, &old, parent_span, s, e, false));
+            self.stats.object_spans += 1;
+        }
+        self.bump_segment(&key, &old);
+        let mut fresh = self.new_state(&key, obj.clone(), old.parent.clone());
+        fresh.kind = old.kind;
+        if let Some(f) = self.families.get_mut(&id) {
+            f.objects.insert(obj.clone(), fresh);
+        }
+    }
+
+    fn emit_family(&mut self, id: u64, out: &mut Vec<SpanRecord>) {
+        let Some(fam) = self.families.remove(&id) else { return };
+        self.index.remove(&fam.key);
+        self.activity.remove(&(fam.last_activity, id));
+        self.open_objects = self.open_objects.saturating_sub(fam.objects.len());
+        self.stats.families_emitted += 1;
+
+        // An object's span covers its own requests and those of everything it owns.
+        let mut extent: BTreeMap<&ObjectRef, (UnixNanos, UnixNanos)> = BTreeMap::new();
+        for st in fam.objects.values() {
+            let Some((s, e)) = st.own else { continue };
+            let mut cur = Some(&st.object);
+            let mut hops = 0;
+            while let Some(o) = cur {
+                let ext = extent.entry(o).or_insert((s, e));
+                ext.0 = ext.0.min(s);
+                ext.1 = ext.1.max(e);
+                cur = fam.objects.get(o).and_then(|x| x.parent.as_ref());
+                hops += 1;
+                if hops > fam.objects.len() {
+                    break;
+                }
+            }
+        }
+        for st in fam.objects.values() {
+            let Some(&(s, e)) = extent.get(&st.object) else { continue };
+            let parent_span = st.parent.as_ref().and_then(|p| fam.objects.get(p)).map(|p| p.span_id);
+            out.push(self.object_span(&fam.key, fam.trace_id, st, parent_span, s, e, st.own.is_none()));
+            self.stats.object_spans += 1;
+        }
+        for st in fam.objects.values() {
+            self.bump_segment(&fam.key, st);
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn object_span(
+        &self,
+        key: &FamilyKey,
+        trace_id: TraceId,
+        st: &ObjectState,
+        parent: Option<SpanId>,
+        start: UnixNanos,
+        end: UnixNanos,
+        owner_only: bool,
+    ) -> SpanRecord {
+        let mut a: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(20);
+        attrs::object_identity(&mut a, &key.cluster, &st.object);
+        if let Some(k) = &st.kind {
+            attrs::push(&mut a, attrs::OBJECT_KIND, k.as_str());
+        }
+        attrs::push(&mut a, "kubetrail.object.requests", i64::from(st.requests));
+        if st.errors > 0 {
+            attrs::push(&mut a, "kubetrail.object.failed_requests", i64::from(st.errors));
+        }
+        if st.deleted {
+            attrs::push(&mut a, "kubetrail.object.deleted", true);
+        }
+        if owner_only {
+            // No requests of its own in this window: present as the owner of what had some.
+            attrs::push(&mut a, "kubetrail.object.owner_only", true);
+        }
+        attrs::push(&mut a, "kubetrail.window.start", kubetrail_model::format_rfc3339(key.window_start));
+        attrs::push(&mut a, "kubetrail.segment", i64::from(st.segment));
+        attrs::push(&mut a, "kubetrail.family.root", key.root.to_string());
+        SpanRecord {
+            trace_id,
+            span_id: st.span_id,
+            parent_span_id: parent,
+            name: st.object.group_resource(),
+            kind: SpanKind::Object,
+            start,
+            end,
+            service: self.config.object_service.clone(),
+            cluster: key.cluster.clone(),
+            attributes: a,
+            events: vec![],
+            links: vec![],
+            status: SpanStatus::Unset,
+        }
+    }
+}
+
+/// The low-cardinality operation name of a request: `VERB RESOURCE[/SUBRESOURCE]`.
+pub fn request_name(event: &AuditEvent) -> String {
+    let r = event.object_ref.as_ref();
+    let resource = r.and_then(|r| r.resource.as_deref()).unwrap_or("");
+    match r.and_then(|r| r.subresource.as_deref()) {
+        Some(sub) => format!("{} {resource}/{sub}", event.verb),
+        None => format!("{} {resource}", event.verb),
+    }
+}
+
+fn request_span(
+    event: &AuditEvent,
+    place: &Placement,
+    object: &ObjectRef,
+    trace_id: TraceId,
+    parent: SpanId,
+    start: UnixNanos,
+    end: UnixNanos,
+) -> SpanRecord {
+    let user = event.effective_user();
+    let actor = Actor::derive(user, event.user_agent.as_deref());
+    let mut a: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(24);
+    attrs::object_identity(&mut a, &place.cluster, object);
+    attrs::request_attributes(&mut a, event, &actor.username);
+    if place.incomplete {
+        attrs::push(&mut a, "kubetrail.audit.incomplete", true);
+    }
+    let status = match event.response_code() {
+        Some(code) if code >= 400 => {
+            let st = event.response_status.as_ref();
+            let reason = st.and_then(|s| s.reason.as_deref()).unwrap_or("");
+            let message = st.and_then(|s| s.message.as_deref()).unwrap_or("");
+            SpanStatus::Error(format!("{code} {reason}: {message}").trim_end_matches([':', ' ']).to_owned())
+        }
+        _ if event.stage == kubetrail_model::Stage::Panic => SpanStatus::Error("apiserver panic while serving the request".into()),
+        _ => SpanStatus::Unset,
+    };
+    SpanRecord {
+        trace_id,
+        span_id: ids::request_span_id(&place.cluster, &event.audit_id),
+        parent_span_id: Some(parent),
+        name: request_name(event),
+        kind: SpanKind::Request,
+        start,
+        end,
+        service: actor.component,
+        cluster: place.cluster.clone(),
+        attributes: a,
+        events: vec![],
+        links: vec![],
+        status,
+    }
+}

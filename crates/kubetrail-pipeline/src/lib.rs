@@ -1,0 +1,218 @@
+//! The consumer pipeline: filter → merge stages → link → aggregate.
+//!
+//! Every run mode (`replay`, `serve`, `consume`) feeds audit events into one [`Pipeline`] and
+//! sends the spans it returns to an exporter. The pipeline is synchronous and deterministic:
+//! the same events in the same order give the same spans, which is what makes a replay equal
+//! to a live run and N consumers equal to one.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+mod stages;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use kubetrail_aggregate::{Aggregator, AggregatorConfig, AggregatorStats, Placement};
+use kubetrail_filter::{EventFilter, FilterConfig, Verdict};
+use kubetrail_link::{Linker, LinkerConfig};
+use kubetrail_model::{AuditEvent, ObjectHead, ObjectRef, SpanRecord, UnixNanos};
+
+pub use stages::{Offer, StageMerger};
+
+/// Pipeline settings: the `filter`, `link` and `aggregate` sections of the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Which events become spans.
+    pub filter: FilterConfig,
+    /// Owner resolution.
+    pub link: LinkerConfig,
+    /// Windows, linger, limits.
+    pub aggregate: AggregatorConfig,
+    /// Stage merging.
+    pub requests: RequestConfig,
+}
+
+/// Stage merging settings.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestConfig {
+    /// How long (event time) a request seen only at an early stage waits for its final one.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Completed auditIDs remembered to drop repeated deliveries.
+    pub remember: usize,
+    /// Requests held waiting for their final stage, at most.
+    pub max_pending: usize,
+}
+
+impl Default for RequestConfig {
+    fn default() -> Self {
+        RequestConfig { timeout: Duration::from_secs(300), remember: 200_000, max_pending: 50_000 }
+    }
+}
+
+/// What the pipeline did with its input.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    /// Events offered.
+    pub events_in: u64,
+    /// Events dropped by the filter, by reason.
+    pub filtered: BTreeMap<&'static str, u64>,
+    /// Stages of a request already turned into a span (repeats, later stages).
+    pub duplicates: u64,
+    /// Requests released without a final stage.
+    pub incomplete: u64,
+    /// Requests with no usable timestamp (counted, not exported).
+    pub untimed: u64,
+    /// Requests placed on the collection rather than one object (no name known).
+    pub on_collection: u64,
+    /// Aggregation counters.
+    pub aggregate: AggregatorStats,
+}
+
+impl PipelineStats {
+    /// Events dropped by the filter in total.
+    pub fn filtered_total(&self) -> u64 {
+        self.filtered.values().sum()
+    }
+}
+
+/// The pipeline's state.
+pub struct Pipeline {
+    filter: EventFilter,
+    merger: StageMerger,
+    linker: Linker,
+    aggregator: Aggregator,
+    stats: PipelineStats,
+    released: Vec<(String, AuditEvent)>,
+}
+
+/// Kinds of bodies that are not the object a request was about.
+const NOT_THE_OBJECT: &[&str] = &["Status", "DeleteOptions", "Binding", "Eviction", "Scale", "TokenRequest"];
+
+impl Pipeline {
+    /// A pipeline with the given settings.
+    pub fn new(config: PipelineConfig) -> Self {
+        Pipeline {
+            filter: EventFilter::new(config.filter),
+            merger: StageMerger::new(
+                i64::try_from(config.requests.timeout.as_nanos()).unwrap_or(i64::MAX),
+                config.requests.remember,
+                config.requests.max_pending,
+            ),
+            linker: Linker::new(config.link),
+            aggregator: Aggregator::new(config.aggregate),
+            stats: PipelineStats::default(),
+            released: Vec::new(),
+        }
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> PipelineStats {
+        let mut s = self.stats.clone();
+        s.aggregate = self.aggregator.stats().clone();
+        s
+    }
+
+    /// The aggregator (for id computations such as `kubetrail url`).
+    pub fn aggregator(&self) -> &Aggregator {
+        &self.aggregator
+    }
+
+    /// Objects in the learned graph, families and objects held open, requests pending.
+    pub fn sizes(&self) -> (usize, usize, usize, usize) {
+        (self.linker.len(), self.aggregator.open_families(), self.aggregator.open_objects(), self.merger.pending())
+    }
+
+    /// Processes one event from `cluster`, appending the spans it completes to `out`.
+    pub fn push(&mut self, cluster: &str, event: AuditEvent, out: &mut Vec<SpanRecord>) {
+        self.stats.events_in += 1;
+        if let Some(t) = event.end_time() {
+            self.advance(t, out);
+        }
+        let verdict = self.filter.decide(cluster, &event);
+        if verdict != Verdict::Keep {
+            *self.stats.filtered.entry(verdict.label()).or_default() += 1;
+            return;
+        }
+        let mut evicted = std::mem::take(&mut self.released);
+        match self.merger.offer(cluster, event, &mut evicted) {
+            Offer::Complete(e) => self.process(cluster, &e, false, out),
+            Offer::Held => {}
+            Offer::Duplicate => self.stats.duplicates += 1,
+        }
+        for (c, e) in evicted.drain(..) {
+            self.process(&c, &e, true, out);
+        }
+        self.released = evicted;
+    }
+
+    /// Moves the clock to `now` (a live source's wall clock), emitting what became due.
+    pub fn advance(&mut self, now: UnixNanos, out: &mut Vec<SpanRecord>) {
+        let mut expired = std::mem::take(&mut self.released);
+        self.merger.expire(now, &mut expired);
+        for (c, e) in expired.drain(..) {
+            self.process(&c, &e, true, out);
+        }
+        self.released = expired;
+        self.aggregator.advance(now, out);
+    }
+
+    /// Emits everything still held: end of input, or shutdown.
+    pub fn finish(&mut self, out: &mut Vec<SpanRecord>) {
+        let mut rest = Vec::new();
+        self.merger.drain(&mut rest);
+        for (c, e) in rest {
+            self.process(&c, &e, true, out);
+        }
+        self.aggregator.finish(out);
+    }
+
+    fn process(&mut self, cluster: &str, event: &AuditEvent, incomplete: bool, out: &mut Vec<SpanRecord>) {
+        if incomplete {
+            self.stats.incomplete += 1;
+        }
+        if event.start_time().is_none() {
+            self.stats.untimed += 1;
+            return;
+        }
+        let sub = event.object_ref.as_ref().and_then(|r| r.subresource.as_deref());
+        let head = event
+            .object_body()
+            .and_then(|b| ObjectHead::parse(b).ok())
+            .filter(|_| matches!(sub, None | Some("status")))
+            .filter(|h| !h.kind.as_deref().is_some_and(|k| NOT_THE_OBJECT.contains(&k)));
+        let mut object = match ObjectRef::from_event(event, head.as_ref()) {
+            Some(o) => o,
+            None => {
+                // A create with generateName whose response was not recorded, or a collection
+                // request: the span goes on the collection.
+                let Some(r) = event.object_ref.as_ref().filter(|r| r.resource.is_some()) else { return };
+                self.stats.on_collection += 1;
+                ObjectRef {
+                    group: r.api_group.clone().unwrap_or_default(),
+                    resource: r.resource.clone().unwrap_or_default(),
+                    namespace: r.namespace.clone().unwrap_or_default(),
+                    name: String::new(),
+                    uid: None,
+                }
+            }
+        };
+        self.linker.observe(&mut object, head.as_ref());
+        let ancestors = self.linker.ancestors(&object);
+        let code = event.response_code().unwrap_or(200);
+        let place = Placement {
+            cluster: cluster.to_owned(),
+            object,
+            ancestors,
+            kind: head.as_ref().and_then(|h| h.kind.clone()),
+            deletes: event.verb == "delete" && (200..300).contains(&code) && sub.is_none(),
+            incomplete,
+        };
+        self.aggregator.add_request(event, place, out);
+    }
+}

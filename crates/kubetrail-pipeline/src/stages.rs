@@ -1,0 +1,114 @@
+//! One span per request, whatever stages the audit policy records.
+//!
+//! The API server can write a request up to four times (RequestReceived, ResponseStarted,
+//! ResponseComplete, Panic) under one auditID. The final stage carries the outcome, so a
+//! request is released when it arrives; earlier stages wait for it, and are released on their
+//! own (marked incomplete) only when no final stage came within `request_timeout` of event
+//! time, or at the end of input. A bounded memory of completed auditIDs drops repeats (a
+//! webhook retry, an at-least-once redelivery).
+
+use std::collections::{BTreeSet, HashMap};
+use std::num::NonZeroUsize;
+
+use lru::LruCache;
+
+use kubetrail_model::{AuditEvent, UnixNanos};
+
+type Key = (String, String);
+
+/// What became of an offered event.
+#[derive(Debug)]
+pub enum Offer {
+    /// The request is complete: process it.
+    Complete(AuditEvent),
+    /// An earlier stage: held until the final one arrives.
+    Held,
+    /// A stage of a request already released.
+    Duplicate,
+}
+
+/// Merges the stages of each request.
+pub struct StageMerger {
+    pending: HashMap<Key, (u64, AuditEvent)>,
+    by_time: BTreeSet<(UnixNanos, u64, Key)>,
+    completed: LruCache<Key, ()>,
+    timeout: i64,
+    max_pending: usize,
+    seq: u64,
+}
+
+impl StageMerger {
+    /// `timeout` in nanoseconds of event time; `remember` completed auditIDs kept for dedup.
+    pub fn new(timeout: i64, remember: usize, max_pending: usize) -> Self {
+        StageMerger {
+            pending: HashMap::new(),
+            by_time: BTreeSet::new(),
+            completed: LruCache::new(NonZeroUsize::new(remember.max(1)).unwrap_or(NonZeroUsize::MIN)),
+            timeout,
+            max_pending: max_pending.max(1),
+            seq: 0,
+        }
+    }
+
+    /// Requests waiting for their final stage.
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
+    /// Offers one event; events returned by the eviction of old pending stages go to `evicted`.
+    pub fn offer(&mut self, cluster: &str, event: AuditEvent, evicted: &mut Vec<(String, AuditEvent)>) -> Offer {
+        let key: Key = (cluster.to_owned(), event.audit_id.clone());
+        if self.completed.get(&key).is_some() {
+            return Offer::Duplicate;
+        }
+        if event.stage.is_final() {
+            if let Some((seq, held)) = self.pending.remove(&key) {
+                self.by_time.remove(&(held.start_time().unwrap_or(0), seq, key.clone()));
+            }
+            self.completed.put(key, ());
+            return Offer::Complete(event);
+        }
+        let t = event.start_time().unwrap_or(0);
+        if let Some((seq, held)) = self.pending.remove(&key) {
+            self.by_time.remove(&(held.start_time().unwrap_or(0), seq, key.clone()));
+        }
+        self.seq += 1;
+        self.by_time.insert((t, self.seq, key.clone()));
+        self.pending.insert(key, (self.seq, event));
+        while self.pending.len() > self.max_pending {
+            match self.pop_oldest() {
+                Some(e) => evicted.push(e),
+                None => break,
+            }
+        }
+        Offer::Held
+    }
+
+    fn pop_oldest(&mut self) -> Option<(String, AuditEvent)> {
+        let (_, _, key) = self.by_time.pop_first()?;
+        let (_, e) = self.pending.remove(&key)?;
+        let cluster = key.0.clone();
+        self.completed.put(key, ());
+        Some((cluster, e))
+    }
+
+    /// Releases, with their clusters, held requests that started more than `timeout` before `now`.
+    pub fn expire(&mut self, now: UnixNanos, out: &mut Vec<(String, AuditEvent)>) {
+        while let Some((t, _, _)) = self.by_time.first() {
+            if t.saturating_add(self.timeout) > now {
+                break;
+            }
+            match self.pop_oldest() {
+                Some(e) => out.push(e),
+                None => break,
+            }
+        }
+    }
+
+    /// Releases every held request.
+    pub fn drain(&mut self, out: &mut Vec<(String, AuditEvent)>) {
+        while let Some(e) = self.pop_oldest() {
+            out.push(e);
+        }
+    }
+}

@@ -1,0 +1,34 @@
+//! Test support for kubetrail.
+//!
+//! kubetrail's whole job is to emit OTLP traces, so its tests need something
+//! that *receives* OTLP the way a real collector does. This crate provides:
+//!
+//! * [`OtlpReceiver`]: an in-process OTLP trace receiver built from the
+//!   official protocol definitions (`opentelemetry-proto`). It listens on
+//!   127.0.0.1 with ephemeral ports for gRPC (`TraceService/Export`, gzip
+//!   accepted) and for OTLP/HTTP (`POST /v1/traces`, protobuf or JSON body,
+//!   optionally gzip-encoded), stores every span it receives, and can be told
+//!   to fail requests on purpose so exporters' retry logic can be tested.
+//! * [`ReceivedSpan`] and [`flatten`]: a flat, string-keyed view of the spans
+//!   in an `ExportTraceServiceRequest`, convenient for assertions.
+//! * [`parse_otlp_json_lines`]: reads the OpenTelemetry Collector
+//!   file-exporter format (one OTLP/JSON request per line), so tests of file
+//!   output can make the same assertions as tests of network output.
+//!
+//! It is a test library: never a dependency of production code.
+#![forbid(unsafe_code)]
+#![deny(missing_docs)]
+
+mod receiver;
+mod span;
+
+pub use receiver::{OtlpReceiver, ReceivedRequest};
+pub use span::{
+    Protocol, ReceivedSpan, any_value_to_json, any_value_to_string, attributes_to_map, flatten,
+    parse_otlp_json, parse_otlp_json_lines,
+};
+
+/// Re-export of the protocol crate this receiver is built on, so tests can
+/// build requests with exactly the same types (and versions) the receiver
+/// decodes.
+pub use opentelemetry_proto;
