@@ -4,8 +4,8 @@
 //! `user_agent.original`, `client.address`, `http.response.status_code`, `error.type`);
 //! everything else carries the one project prefix `kubetrail.`.
 
-use kubetrail_model::{AttrValue, AuditEvent, ObjectRef, SpanRecord};
 use kubetrail_model::AttrKey;
+use kubetrail_model::{AttrValue, AuditEvent, ObjectRef, SpanRecord};
 
 /// `kubetrail.object.ref`: `resource[.group]/[namespace/]name`.
 pub const OBJECT_REF: &str = "kubetrail.object.ref";
@@ -34,7 +34,11 @@ pub const SUBRESOURCE: &str = "kubetrail.audit.subresource";
 /// `http.response.status_code` (OpenTelemetry).
 pub const STATUS_CODE: &str = "http.response.status_code";
 
-pub(crate) fn push(attrs: &mut Vec<(AttrKey, AttrValue)>, key: &'static str, value: impl Into<AttrValue>) {
+pub(crate) fn push(
+    attrs: &mut Vec<(AttrKey, AttrValue)>,
+    key: &'static str,
+    value: impl Into<AttrValue>,
+) {
     attrs.push((AttrKey::Borrowed(key), value.into()));
 }
 
@@ -94,7 +98,11 @@ pub(crate) fn object_identity(attrs: &mut Vec<(AttrKey, AttrValue)>, cluster: &s
 }
 
 /// Request attributes from the audit event: actor, verb, outcome, request details.
-pub(crate) fn request_attributes(attrs: &mut Vec<(AttrKey, AttrValue)>, e: &AuditEvent, actor_username: &str) {
+pub(crate) fn request_attributes(
+    attrs: &mut Vec<(AttrKey, AttrValue)>,
+    e: &AuditEvent,
+    actor_username: &str,
+) {
     push(attrs, AUDIT_ID, e.audit_id.as_str());
     push(attrs, VERB, e.verb.as_str());
     if let Some(r) = &e.object_ref {
@@ -113,11 +121,19 @@ pub(crate) fn request_attributes(attrs: &mut Vec<(AttrKey, AttrValue)>, e: &Audi
     push(attrs, "kubetrail.audit.request_uri", e.request_uri.as_str());
     push(attrs, "user.name", actor_username);
     if let Some(groups) = e.effective_user().groups.as_ref().filter(|g| !g.is_empty()) {
-        push(attrs, "kubetrail.user.groups", AttrValue::StrList(groups.clone()));
+        push(
+            attrs,
+            "kubetrail.user.groups",
+            AttrValue::StrList(groups.clone()),
+        );
     }
     if e.impersonated_user.is_some() {
         push(attrs, "kubetrail.audit.impersonated", true);
-        push(attrs, "kubetrail.audit.authenticated_user", e.user.username.clone().unwrap_or_default());
+        push(
+            attrs,
+            "kubetrail.audit.authenticated_user",
+            e.user.username.clone().unwrap_or_default(),
+        );
     }
     if let Some(ua) = &e.user_agent {
         push(attrs, "user_agent.original", ua.as_str());
@@ -126,22 +142,32 @@ pub(crate) fn request_attributes(attrs: &mut Vec<(AttrKey, AttrValue)>, e: &Audi
         push(attrs, "client.address", ip.as_str());
     }
     if e.source_ips.len() > 1 {
-        push(attrs, "kubetrail.audit.source_ips", AttrValue::StrList(e.source_ips.clone()));
+        push(
+            attrs,
+            "kubetrail.audit.source_ips",
+            AttrValue::StrList(e.source_ips.clone()),
+        );
     }
     if let Some(code) = e.response_code() {
         push(attrs, STATUS_CODE, i64::from(code));
     }
-    if let Some(reason) = e.response_status.as_ref().and_then(|s| s.reason.as_deref()).filter(|r| !r.is_empty()) {
-        if e.response_code().is_some_and(|c| c >= 400) {
-            push(attrs, "error.type", reason);
-        }
+    if let Some(reason) = e
+        .response_status
+        .as_ref()
+        .and_then(|s| s.reason.as_deref())
+        .filter(|r| !r.is_empty())
+        && e.response_code().is_some_and(|c| c >= 400)
+    {
+        push(attrs, "error.type", reason);
     }
     for (k, v) in &e.annotations {
         // Admission and authorization decisions are short and useful; keep a known few.
         let key: &'static str = match k.as_str() {
             "authorization.k8s.io/decision" => "kubetrail.audit.authorization.decision",
             "authorization.k8s.io/reason" => "kubetrail.audit.authorization.reason",
-            "pod-security.kubernetes.io/enforce-policy" => "kubetrail.audit.pod_security.enforce_policy",
+            "pod-security.kubernetes.io/enforce-policy" => {
+                "kubetrail.audit.pod_security.enforce_policy"
+            }
             _ => continue,
         };
         push(attrs, key, v.as_str());

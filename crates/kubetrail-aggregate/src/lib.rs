@@ -32,7 +32,9 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use kubetrail_model::ids::{self, SpanId, TraceId};
-use kubetrail_model::{Actor, AttrKey, AttrValue, AuditEvent, ObjectRef, SpanKind, SpanRecord, SpanStatus, UnixNanos};
+use kubetrail_model::{
+    Actor, AttrKey, AttrValue, AuditEvent, ObjectRef, SpanKind, SpanRecord, SpanStatus, UnixNanos,
+};
 
 /// Aggregation settings (`aggregate:` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -188,7 +190,10 @@ impl Aggregator {
     /// family, in its first segment (what `kubetrail url` computes).
     pub fn ids_for_root(&self, cluster: &str, root: &ObjectRef, t: UnixNanos) -> (TraceId, SpanId) {
         let w = self.window_start(t);
-        (ids::trace_id(cluster, root, w), ids::object_span_id(cluster, root, w, 0))
+        (
+            ids::trace_id(cluster, root, w),
+            ids::object_span_id(cluster, root, w, 0),
+        )
     }
 
     fn next_segment(&self, window_start: UnixNanos, cluster: &str, o: &ObjectRef) -> u32 {
@@ -199,7 +204,12 @@ impl Aggregator {
             .unwrap_or(0)
     }
 
-    fn new_state(&self, key: &FamilyKey, object: ObjectRef, parent: Option<ObjectRef>) -> ObjectState {
+    fn new_state(
+        &self,
+        key: &FamilyKey,
+        object: ObjectRef,
+        parent: Option<ObjectRef>,
+    ) -> ObjectState {
         let segment = self.next_segment(key.window_start, &key.cluster, &object);
         ObjectState {
             span_id: ids::object_span_id(&key.cluster, &object, key.window_start, segment),
@@ -222,13 +232,21 @@ impl Aggregator {
         let end = end.max(start);
         let window_start = self.window_start(start);
         let root = place.ancestors.last().unwrap_or(&place.object).clone();
-        let key = FamilyKey { cluster: place.cluster.clone(), window_start, root };
+        let key = FamilyKey {
+            cluster: place.cluster.clone(),
+            window_start,
+            root,
+        };
         let id = match self.index.get(&key) {
             Some(id) => *id,
             None => {
                 let id = self.next_id;
                 self.next_id += 1;
-                if self.segments.get(&window_start).is_some_and(|m| m.contains_key(&(key.cluster.clone(), key.root.clone()))) {
+                if self
+                    .segments
+                    .get(&window_start)
+                    .is_some_and(|m| m.contains_key(&(key.cluster.clone(), key.root.clone())))
+                {
                     self.stats.continuations += 1;
                 }
                 let fam = Family {
@@ -245,14 +263,18 @@ impl Aggregator {
         };
 
         // Make sure the object and its owner chain are in the family, parents up to date.
-        let mut chain: Vec<(ObjectRef, Option<ObjectRef>)> = Vec::with_capacity(place.ancestors.len() + 1);
+        let mut chain: Vec<(ObjectRef, Option<ObjectRef>)> =
+            Vec::with_capacity(place.ancestors.len() + 1);
         chain.push((place.object.clone(), place.ancestors.first().cloned()));
         for (i, a) in place.ancestors.iter().enumerate() {
             chain.push((a.clone(), place.ancestors.get(i + 1).cloned()));
         }
         let mut recreated = None;
         for (i, (obj, parent)) in chain.into_iter().enumerate() {
-            let exists = self.families.get(&id).is_some_and(|f| f.objects.contains_key(&obj));
+            let exists = self
+                .families
+                .get(&id)
+                .is_some_and(|f| f.objects.contains_key(&obj));
             if !exists {
                 let st = self.new_state(&key, obj.clone(), parent);
                 if let Some(f) = self.families.get_mut(&id) {
@@ -261,11 +283,16 @@ impl Aggregator {
                 }
                 continue;
             }
-            let Some(f) = self.families.get_mut(&id) else { continue };
-            let Some(st) = f.objects.get_mut(&obj) else { continue };
+            let Some(f) = self.families.get_mut(&id) else {
+                continue;
+            };
+            let Some(st) = f.objects.get_mut(&obj) else {
+                continue;
+            };
             st.parent = parent;
             if i == 0 {
-                let uid_changed = matches!((&st.object.uid, &obj.uid), (Some(a), Some(b)) if a != b);
+                let uid_changed =
+                    matches!((&st.object.uid, &obj.uid), (Some(a), Some(b)) if a != b);
                 let recreate = uid_changed || (st.deleted && event.verb == "create");
                 if recreate {
                     recreated = Some(obj);
@@ -280,9 +307,13 @@ impl Aggregator {
             self.emit_object_now(id, &obj, out);
         }
 
-        let Some(fam) = self.families.get_mut(&id) else { return };
+        let Some(fam) = self.families.get_mut(&id) else {
+            return;
+        };
         let trace_id = fam.trace_id;
-        let Some(st) = fam.objects.get_mut(&place.object) else { return };
+        let Some(st) = fam.objects.get_mut(&place.object) else {
+            return;
+        };
         st.own = Some(match st.own {
             Some((s, e)) => (s.min(start), e.max(end)),
             None => (start, end),
@@ -306,11 +337,21 @@ impl Aggregator {
             self.activity.insert((end, id));
         }
 
-        out.push(request_span(event, &place, &object, trace_id, parent_span, start, end));
+        out.push(request_span(
+            event,
+            &place,
+            &object,
+            trace_id,
+            parent_span,
+            start,
+            end,
+        ));
         self.stats.request_spans += 1;
 
         while self.open_objects > self.config.max_open_objects {
-            let Some(&(_, oldest)) = self.activity.first() else { break };
+            let Some(&(_, oldest)) = self.activity.first() else {
+                break;
+            };
             self.stats.families_forced += 1;
             self.emit_family(oldest, out);
         }
@@ -330,7 +371,9 @@ impl Aggregator {
             self.emit_family(id, out);
         }
         // Segment counters of windows that can no longer receive events are dropped.
-        let horizon = self.window_start(now).saturating_sub(self.window.saturating_mul(2));
+        let horizon = self
+            .window_start(now)
+            .saturating_sub(self.window.saturating_mul(2));
         while let Some((&w, _)) = self.segments.first_key_value() {
             if w >= horizon {
                 break;
@@ -354,10 +397,18 @@ impl Aggregator {
     }
 
     fn emit_object_now(&mut self, id: u64, obj: &ObjectRef, out: &mut Vec<SpanRecord>) {
-        let Some(fam) = self.families.get_mut(&id) else { return };
-        let Some(old) = fam.objects.remove(obj) else { return };
+        let Some(fam) = self.families.get_mut(&id) else {
+            return;
+        };
+        let Some(old) = fam.objects.remove(obj) else {
+            return;
+        };
         let (key, trace_id) = (fam.key.clone(), fam.trace_id);
-        let parent_span = old.parent.as_ref().and_then(|p| fam.objects.get(p)).map(|p| p.span_id);
+        let parent_span = old
+            .parent
+            .as_ref()
+            .and_then(|p| fam.objects.get(p))
+            .map(|p| p.span_id);
         if let Some((s, e)) = old.own {
             out.push(self.object_span(&key, trace_id, &old, parent_span, s, e, false));
             self.stats.object_spans += 1;
@@ -371,7 +422,9 @@ impl Aggregator {
     }
 
     fn emit_family(&mut self, id: u64, out: &mut Vec<SpanRecord>) {
-        let Some(fam) = self.families.remove(&id) else { return };
+        let Some(fam) = self.families.remove(&id) else {
+            return;
+        };
         self.index.remove(&fam.key);
         self.activity.remove(&(fam.last_activity, id));
         self.open_objects = self.open_objects.saturating_sub(fam.objects.len());
@@ -395,9 +448,23 @@ impl Aggregator {
             }
         }
         for st in fam.objects.values() {
-            let Some(&(s, e)) = extent.get(&st.object) else { continue };
-            let parent_span = st.parent.as_ref().and_then(|p| fam.objects.get(p)).map(|p| p.span_id);
-            out.push(self.object_span(&fam.key, fam.trace_id, st, parent_span, s, e, st.own.is_none()));
+            let Some(&(s, e)) = extent.get(&st.object) else {
+                continue;
+            };
+            let parent_span = st
+                .parent
+                .as_ref()
+                .and_then(|p| fam.objects.get(p))
+                .map(|p| p.span_id);
+            out.push(self.object_span(
+                &fam.key,
+                fam.trace_id,
+                st,
+                parent_span,
+                s,
+                e,
+                st.own.is_none(),
+            ));
             self.stats.object_spans += 1;
         }
         for st in fam.objects.values() {
@@ -423,7 +490,11 @@ impl Aggregator {
         }
         attrs::push(&mut a, "kubetrail.object.requests", i64::from(st.requests));
         if st.errors > 0 {
-            attrs::push(&mut a, "kubetrail.object.failed_requests", i64::from(st.errors));
+            attrs::push(
+                &mut a,
+                "kubetrail.object.failed_requests",
+                i64::from(st.errors),
+            );
         }
         if st.deleted {
             attrs::push(&mut a, "kubetrail.object.deleted", true);
@@ -432,7 +503,11 @@ impl Aggregator {
             // No requests of its own in this window: present as the owner of what had some.
             attrs::push(&mut a, "kubetrail.object.owner_only", true);
         }
-        attrs::push(&mut a, "kubetrail.window.start", kubetrail_model::format_rfc3339(key.window_start));
+        attrs::push(
+            &mut a,
+            "kubetrail.window.start",
+            kubetrail_model::format_rfc3339(key.window_start),
+        );
         attrs::push(&mut a, "kubetrail.segment", i64::from(st.segment));
         attrs::push(&mut a, "kubetrail.family.root", key.root.to_string());
         SpanRecord {
@@ -485,9 +560,15 @@ fn request_span(
             let st = event.response_status.as_ref();
             let reason = st.and_then(|s| s.reason.as_deref()).unwrap_or("");
             let message = st.and_then(|s| s.message.as_deref()).unwrap_or("");
-            SpanStatus::Error(format!("{code} {reason}: {message}").trim_end_matches([':', ' ']).to_owned())
+            SpanStatus::Error(
+                format!("{code} {reason}: {message}")
+                    .trim_end_matches([':', ' '])
+                    .to_owned(),
+            )
         }
-        _ if event.stage == kubetrail_model::Stage::Panic => SpanStatus::Error("apiserver panic while serving the request".into()),
+        _ if event.stage == kubetrail_model::Stage::Panic => {
+            SpanStatus::Error("apiserver panic while serving the request".into())
+        }
         _ => SpanStatus::Unset,
     };
     SpanRecord {

@@ -124,7 +124,10 @@ impl Default for FilterConfig {
             verbs: MUTATING_VERBS.iter().map(|s| (*s).to_owned()).collect(),
             include: vec![],
             exclude: vec![Rule {
-                resources: DEFAULT_EXCLUDED_RESOURCES.iter().map(|r| Pattern::new(*r)).collect(),
+                resources: DEFAULT_EXCLUDED_RESOURCES
+                    .iter()
+                    .map(|r| Pattern::new(*r))
+                    .collect(),
                 ..Rule::default()
             }],
             keep_failed: true,
@@ -195,7 +198,11 @@ impl EventFilter {
         if !c.verbs.iter().any(|v| v == &e.verb) {
             return Verdict::DropVerb;
         }
-        let Some(r) = e.object_ref.as_ref().filter(|r| r.resource.as_deref().is_some_and(|s| !s.is_empty())) else {
+        let Some(r) = e
+            .object_ref
+            .as_ref()
+            .filter(|r| r.resource.as_deref().is_some_and(|s| !s.is_empty()))
+        else {
             return Verdict::DropNonResource;
         };
         if !c.keep_failed && e.response_code().is_some_and(|code| code >= 400) {
@@ -206,7 +213,11 @@ impl EventFilter {
         }
         let resource = r.resource.as_deref().unwrap_or_default();
         let group = r.api_group.as_deref().unwrap_or_default();
-        let resource_with_group = if group.is_empty() { resource.to_owned() } else { format!("{resource}.{group}") };
+        let resource_with_group = if group.is_empty() {
+            resource.to_owned()
+        } else {
+            format!("{resource}.{group}")
+        };
         let resource_full = match r.subresource.as_deref() {
             Some(sub) => format!("{resource_with_group}/{sub}"),
             None => resource_with_group.clone(),
@@ -243,7 +254,9 @@ mod tests {
     use super::*;
 
     fn ev(verb: &str, resource: &str, group: &str, sub: Option<&str>, uri: &str) -> AuditEvent {
-        let sub = sub.map(|s| format!(r#","subresource":"{s}""#)).unwrap_or_default();
+        let sub = sub
+            .map(|s| format!(r#","subresource":"{s}""#))
+            .unwrap_or_default();
         serde_json::from_str(&format!(
             r#"{{"level":"Metadata","auditID":"x","stage":"ResponseComplete","requestURI":"{uri}","verb":"{verb}","user":{{"username":"system:node:n1"}},"userAgent":"kubelet/v1.30","objectRef":{{"resource":"{resource}","apiGroup":"{group}","namespace":"ns","name":"a"{sub}}},"responseStatus":{{"code":200}}}}"#
         ))
@@ -253,11 +266,38 @@ mod tests {
     #[test]
     fn defaults_keep_mutations_and_drop_reads_and_leases() {
         let f = EventFilter::default();
-        assert_eq!(f.decide("c", &ev("patch", "pods", "", Some("status"), "/api")), Verdict::Keep);
-        assert_eq!(f.decide("c", &ev("get", "pods", "", None, "/api")), Verdict::DropVerb);
-        assert_eq!(f.decide("c", &ev("watch", "pods", "", None, "/api")), Verdict::DropVerb);
-        assert_eq!(f.decide("c", &ev("update", "leases", "coordination.k8s.io", None, "/apis")), Verdict::DropExcluded);
-        assert_eq!(f.decide("c", &ev("patch", "configmaps", "", None, "/api/v1/namespaces/ns/configmaps/a?dryRun=All&fieldManager=x")), Verdict::DropDryRun);
+        assert_eq!(
+            f.decide("c", &ev("patch", "pods", "", Some("status"), "/api")),
+            Verdict::Keep
+        );
+        assert_eq!(
+            f.decide("c", &ev("get", "pods", "", None, "/api")),
+            Verdict::DropVerb
+        );
+        assert_eq!(
+            f.decide("c", &ev("watch", "pods", "", None, "/api")),
+            Verdict::DropVerb
+        );
+        assert_eq!(
+            f.decide(
+                "c",
+                &ev("update", "leases", "coordination.k8s.io", None, "/apis")
+            ),
+            Verdict::DropExcluded
+        );
+        assert_eq!(
+            f.decide(
+                "c",
+                &ev(
+                    "patch",
+                    "configmaps",
+                    "",
+                    None,
+                    "/api/v1/namespaces/ns/configmaps/a?dryRun=All&fieldManager=x"
+                )
+            ),
+            Verdict::DropDryRun
+        );
     }
 
     #[test]
@@ -274,9 +314,21 @@ exclude:
         )
         .unwrap();
         let f = EventFilter::new(cfg);
-        assert_eq!(f.decide("c", &ev("get", "pods", "", None, "/api")), Verdict::Keep);
-        assert_eq!(f.decide("c", &ev("patch", "pods", "", Some("status"), "/api")), Verdict::DropExcluded);
-        assert_eq!(f.decide("c", &ev("update", "leases", "coordination.k8s.io", None, "/apis")), Verdict::Keep);
+        assert_eq!(
+            f.decide("c", &ev("get", "pods", "", None, "/api")),
+            Verdict::Keep
+        );
+        assert_eq!(
+            f.decide("c", &ev("patch", "pods", "", Some("status"), "/api")),
+            Verdict::DropExcluded
+        );
+        assert_eq!(
+            f.decide(
+                "c",
+                &ev("update", "leases", "coordination.k8s.io", None, "/apis")
+            ),
+            Verdict::Keep
+        );
         assert!(serde_yaml::from_str::<FilterConfig>("verbz: []").is_err());
     }
 

@@ -32,7 +32,10 @@ pub struct LinkerConfig {
 
 impl Default for LinkerConfig {
     fn default() -> Self {
-        LinkerConfig { max_objects: 200_000, max_depth: 8 }
+        LinkerConfig {
+            max_objects: 200_000,
+            max_depth: 8,
+        }
     }
 }
 
@@ -55,7 +58,11 @@ impl Linker {
     /// An empty graph.
     pub fn new(config: LinkerConfig) -> Self {
         let cap = NonZeroUsize::new(config.max_objects.max(1)).unwrap_or(NonZeroUsize::MIN);
-        Linker { by_uid: LruCache::new(cap), by_ref: LruCache::new(cap), config }
+        Linker {
+            by_uid: LruCache::new(cap),
+            by_ref: LruCache::new(cap),
+            config,
+        }
     }
 
     /// Objects held in the graph.
@@ -76,7 +83,9 @@ impl Linker {
         if object.uid.is_none() {
             object.uid = self.by_ref.get(object).cloned();
         }
-        let Some(uid) = object.uid.clone() else { return };
+        let Some(uid) = object.uid.clone() else {
+            return;
+        };
         self.by_ref.put(object.clone(), uid.clone());
         let owner = head
             .and_then(ObjectHead::controller)
@@ -91,7 +100,13 @@ impl Linker {
                 }
             }
             None => {
-                self.by_uid.put(uid, Node { object: object.clone(), owner });
+                self.by_uid.put(
+                    uid,
+                    Node {
+                        object: object.clone(),
+                        owner,
+                    },
+                );
             }
         }
     }
@@ -104,7 +119,11 @@ impl Linker {
             None => self.by_ref.get(object)?.clone(),
         };
         let owner = self.by_uid.get(&uid)?.owner.clone()?;
-        let known = owner.uid.as_ref().and_then(|u| self.by_uid.get(u)).map(|n| n.object.clone());
+        let known = owner
+            .uid
+            .as_ref()
+            .and_then(|u| self.by_uid.get(u))
+            .map(|n| n.object.clone());
         Some(known.unwrap_or(owner))
     }
 
@@ -116,7 +135,9 @@ impl Linker {
         let mut chain: Vec<ObjectRef> = Vec::new();
         let mut current = object.clone();
         while chain.len() < self.config.max_depth {
-            let Some(owner) = self.owner_of(&current) else { break };
+            let Some(owner) = self.owner_of(&current) else {
+                break;
+            };
             if owner == *object || chain.contains(&owner) {
                 break;
             }
@@ -157,9 +178,15 @@ mod tests {
         let mut dep = obj("apps", "deployments", "shop", "web", Some("d1"));
         l.observe(&mut dep, Some(&head(None)));
         let mut rs = obj("apps", "replicasets", "shop", "web-1", Some("r1"));
-        l.observe(&mut rs, Some(&head(Some(("apps/v1", "Deployment", "web", "d1")))));
+        l.observe(
+            &mut rs,
+            Some(&head(Some(("apps/v1", "Deployment", "web", "d1")))),
+        );
         let mut pod = obj("", "pods", "shop", "web-1-x", Some("p1"));
-        l.observe(&mut pod, Some(&head(Some(("apps/v1", "ReplicaSet", "web-1", "r1")))));
+        l.observe(
+            &mut pod,
+            Some(&head(Some(("apps/v1", "ReplicaSet", "web-1", "r1")))),
+        );
         assert_eq!(l.ancestors(&pod), vec![rs.clone(), dep.clone()]);
         // A later Metadata-level event knows only the name: the uid is recalled.
         let mut bare = obj("", "pods", "shop", "web-1-x", None);
@@ -171,10 +198,28 @@ mod tests {
     #[test]
     fn unseen_owner_is_placed_from_the_reference() {
         let mut l = Linker::new(LinkerConfig::default());
-        let mut cr = obj("apps", "controllerrevisions", "kube-system", "kube-proxy-1", Some("c1"));
-        l.observe(&mut cr, Some(&head(Some(("apps/v1", "DaemonSet", "kube-proxy", "ds1")))));
+        let mut cr = obj(
+            "apps",
+            "controllerrevisions",
+            "kube-system",
+            "kube-proxy-1",
+            Some("c1"),
+        );
+        l.observe(
+            &mut cr,
+            Some(&head(Some(("apps/v1", "DaemonSet", "kube-proxy", "ds1")))),
+        );
         let chain = l.ancestors(&cr);
-        assert_eq!(chain, vec![obj("apps", "daemonsets", "kube-system", "kube-proxy", Some("ds1"))]);
+        assert_eq!(
+            chain,
+            vec![obj(
+                "apps",
+                "daemonsets",
+                "kube-system",
+                "kube-proxy",
+                Some("ds1")
+            )]
+        );
     }
 
     #[test]
@@ -182,7 +227,10 @@ mod tests {
         let mut l = Linker::new(LinkerConfig::default());
         let mut pod = obj("", "pods", "openshift-etcd", "etcd-node1", Some("p"));
         l.observe(&mut pod, Some(&head(Some(("v1", "Node", "node1", "n1")))));
-        assert_eq!(l.ancestors(&pod), vec![obj("", "nodes", "", "node1", Some("n1"))]);
+        assert_eq!(
+            l.ancestors(&pod),
+            vec![obj("", "nodes", "", "node1", Some("n1"))]
+        );
     }
 
     #[test]
@@ -192,7 +240,10 @@ mod tests {
         let mut owner = obj("example.com", "widgets", "", "w", Some("w1"));
         l.observe(&mut owner, None);
         let mut child = obj("", "configmaps", "team", "c", Some("c1"));
-        l.observe(&mut child, Some(&head(Some(("example.com/v1", "Widget", "w", "w1")))));
+        l.observe(
+            &mut child,
+            Some(&head(Some(("example.com/v1", "Widget", "w", "w1")))),
+        );
         assert_eq!(l.ancestors(&child), vec![owner]);
     }
 
@@ -211,7 +262,10 @@ mod tests {
 
     #[test]
     fn depth_limit_and_capacity_hold() {
-        let mut l = Linker::new(LinkerConfig { max_objects: 50, max_depth: 3 });
+        let mut l = Linker::new(LinkerConfig {
+            max_objects: 50,
+            max_depth: 3,
+        });
         for i in 0..100 {
             let mut o = obj("x", "things", "n", &format!("t{i}"), Some(&format!("u{i}")));
             let parent = format!("t{}", i + 1);

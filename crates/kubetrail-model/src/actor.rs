@@ -15,13 +15,24 @@ pub struct Actor {
     pub username: String,
 }
 
-const GENERIC_AGENTS: &[&str] = &["go-http-client", "mozilla", "curl", "python-requests", "okhttp", "unknown", ""];
+const GENERIC_AGENTS: &[&str] = &[
+    "go-http-client",
+    "mozilla",
+    "curl",
+    "python-requests",
+    "okhttp",
+    "unknown",
+    "",
+];
 
 impl Actor {
     /// Derives the acting component from the user and the user agent.
     pub fn derive(user: &UserInfo, user_agent: Option<&str>) -> Actor {
         let username = user.username.clone().unwrap_or_default();
-        Actor { component: component(&username, user_agent.unwrap_or("")), username }
+        Actor {
+            component: component(&username, user_agent.unwrap_or("")),
+            username,
+        }
     }
 }
 
@@ -50,17 +61,21 @@ fn component(username: &str, ua: &str) -> String {
         "system:anonymous" => return "anonymous".into(),
         _ => {}
     }
-    if let Some(sa) = username.strip_prefix("system:serviceaccount:") {
-        if let Some((ns, name)) = sa.split_once(':') {
-            if ns == "kube-system" || name != "default" {
-                return name.into();
-            }
-        }
+    if let Some((ns, name)) = username
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|sa| sa.split_once(':'))
+        && (ns == "kube-system" || name != "default")
+    {
+        return name.into();
     }
     if !GENERIC_AGENTS.contains(&product.to_ascii_lowercase().as_str()) {
         return product.into();
     }
-    if username.is_empty() { "unknown".into() } else { username.into() }
+    if username.is_empty() {
+        "unknown".into()
+    } else {
+        username.into()
+    }
 }
 
 #[cfg(test)]
@@ -68,22 +83,64 @@ mod tests {
     use super::*;
 
     fn actor(user: &str, ua: &str) -> String {
-        let u = UserInfo { username: Some(user.into()), ..Default::default() };
+        let u = UserInfo {
+            username: Some(user.into()),
+            ..Default::default()
+        };
         Actor::derive(&u, Some(ua)).component
     }
 
     #[test]
     fn components_from_real_user_agents() {
-        assert_eq!(actor("system:node:oscar7", "kubelet/v1.25.8+27e744f (linux/amd64) kubernetes/df8a1b9"), "kubelet");
-        assert_eq!(actor("system:kube-scheduler", "kube-scheduler/v1.25.8 (linux/amd64) kubernetes/df8a1b9/scheduler"), "kube-scheduler");
         assert_eq!(
-            actor("system:serviceaccount:kube-system:replicaset-controller", "kube-controller-manager/v1.20.0 (linux/amd64) kubernetes/abc/system:serviceaccount:kube-system:replicaset-controller"),
+            actor(
+                "system:node:oscar7",
+                "kubelet/v1.25.8+27e744f (linux/amd64) kubernetes/df8a1b9"
+            ),
+            "kubelet"
+        );
+        assert_eq!(
+            actor(
+                "system:kube-scheduler",
+                "kube-scheduler/v1.25.8 (linux/amd64) kubernetes/df8a1b9/scheduler"
+            ),
+            "kube-scheduler"
+        );
+        assert_eq!(
+            actor(
+                "system:serviceaccount:kube-system:replicaset-controller",
+                "kube-controller-manager/v1.20.0 (linux/amd64) kubernetes/abc/system:serviceaccount:kube-system:replicaset-controller"
+            ),
             "replicaset-controller"
         );
-        assert_eq!(actor("system:serviceaccount:kube-system:daemon-set-controller", ""), "daemon-set-controller");
-        assert_eq!(actor("kubernetes-admin", "kubectl/v1.28.2 (linux/amd64) kubernetes/89a4ea3"), "kubectl");
-        assert_eq!(actor("system:serviceaccount:flux-system:kustomize-controller", "kustomize-controller/v1.2.0"), "kustomize-controller");
-        assert_eq!(actor("system:serviceaccount:team:default", "my-operator/v0.1 (linux/amd64)"), "my-operator");
+        assert_eq!(
+            actor(
+                "system:serviceaccount:kube-system:daemon-set-controller",
+                ""
+            ),
+            "daemon-set-controller"
+        );
+        assert_eq!(
+            actor(
+                "kubernetes-admin",
+                "kubectl/v1.28.2 (linux/amd64) kubernetes/89a4ea3"
+            ),
+            "kubectl"
+        );
+        assert_eq!(
+            actor(
+                "system:serviceaccount:flux-system:kustomize-controller",
+                "kustomize-controller/v1.2.0"
+            ),
+            "kustomize-controller"
+        );
+        assert_eq!(
+            actor(
+                "system:serviceaccount:team:default",
+                "my-operator/v0.1 (linux/amd64)"
+            ),
+            "my-operator"
+        );
         assert_eq!(actor("alice", "Go-http-client/2.0"), "alice");
         assert_eq!(actor("", ""), "unknown");
     }

@@ -205,7 +205,11 @@ impl AuditEvent {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct EventList {
     /// `audit.k8s.io/v1`.
-    #[serde(default, rename = "apiVersion", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "apiVersion",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub api_version: Option<String>,
     /// `EventList`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,7 +239,10 @@ mod tests {
         assert_eq!(r.subresource.as_deref(), Some("status"));
         assert_eq!(e.response_code(), Some(200));
         assert_eq!(e.end_time().unwrap() - e.start_time().unwrap(), 500_000);
-        assert_eq!(e.object_body().unwrap().get(), r#"{"metadata":{"name":"p"}}"#);
+        assert_eq!(
+            e.object_body().unwrap().get(),
+            r#"{"metadata":{"name":"p"}}"#
+        );
         assert_eq!(e.annotations["authorization.k8s.io/decision"], "allow");
     }
 
@@ -245,14 +252,19 @@ mod tests {
         let back: AuditEvent = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back.start_time(), e.start_time());
         assert_eq!(back.object_ref, e.object_ref);
-        assert_eq!(back.request_object.unwrap().get(), e.request_object.unwrap().get());
+        assert_eq!(
+            back.request_object.unwrap().get(),
+            e.request_object.unwrap().get()
+        );
     }
 
     #[test]
     fn missing_required_field_is_an_error_naming_it() {
-        let err = serde_json::from_str::<AuditEvent>(r#"{"level":"Metadata","stage":"ResponseComplete"}"#)
-            .unwrap_err()
-            .to_string();
+        let err = serde_json::from_str::<AuditEvent>(
+            r#"{"level":"Metadata","stage":"ResponseComplete"}"#,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("auditID"), "{err}");
     }
 

@@ -73,7 +73,10 @@ impl Key {
         self
     }
     fn object(&mut self, o: &ObjectRef) -> &mut Self {
-        self.str(&o.group).str(&o.resource).str(&o.namespace).str(&o.name)
+        self.str(&o.group)
+            .str(&o.resource)
+            .str(&o.namespace)
+            .str(&o.name)
     }
 }
 
@@ -94,9 +97,17 @@ pub fn trace_id(cluster: &str, root: &ObjectRef, window_start: UnixNanos) -> Tra
 /// The span of one object in one window. `segment` counts the spans the object has had
 /// earlier in the window (a recreation under the same name, or a later burst of activity
 /// after its family's spans were emitted), 0 for the first.
-pub fn object_span_id(cluster: &str, object: &ObjectRef, window_start: UnixNanos, segment: u32) -> SpanId {
+pub fn object_span_id(
+    cluster: &str,
+    object: &ObjectRef,
+    window_start: UnixNanos,
+    segment: u32,
+) -> SpanId {
     let mut k = Key::new("kubetrail/object/v1");
-    k.str(cluster).object(object).int(window_start).int(i64::from(segment));
+    k.str(cluster)
+        .object(object)
+        .int(window_start)
+        .int(i64::from(segment));
     span_id(&k.0)
 }
 
@@ -119,7 +130,13 @@ mod tests {
     use super::*;
 
     fn obj(name: &str) -> ObjectRef {
-        ObjectRef { group: "apps".into(), resource: "deployments".into(), namespace: "shop".into(), name: name.into(), uid: None }
+        ObjectRef {
+            group: "apps".into(),
+            resource: "deployments".into(),
+            namespace: "shop".into(),
+            name: name.into(),
+            uid: None,
+        }
     }
 
     #[test]
@@ -130,8 +147,16 @@ mod tests {
         assert_ne!(a, trace_id("c2", &obj("web"), 0));
         assert_ne!(a, trace_id("c", &obj("api"), 0));
         // Field boundaries matter: ("ab","c") is not ("a","bc").
-        let x = ObjectRef { namespace: "ab".into(), name: "c".into(), ..obj("") };
-        let y = ObjectRef { namespace: "a".into(), name: "bc".into(), ..obj("") };
+        let x = ObjectRef {
+            namespace: "ab".into(),
+            name: "c".into(),
+            ..obj("")
+        };
+        let y = ObjectRef {
+            namespace: "a".into(),
+            name: "bc".into(),
+            ..obj("")
+        };
         assert_ne!(object_span_id("c", &x, 0, 0), object_span_id("c", &y, 0, 0));
         assert_ne!(object_span_id("c", &x, 0, 0), object_span_id("c", &x, 0, 1));
         assert_eq!(request_span_id("c", "id"), request_span_id("c", "id"));

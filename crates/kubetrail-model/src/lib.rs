@@ -22,5 +22,7 @@ mod time;
 pub use actor::Actor;
 pub use audit::{AuditEvent, EventList, Level, ObjectReference, Stage, UserInfo};
 pub use object::{ObjectHead, ObjectMetaHead, ObjectRef, OwnerRef};
-pub use span::{AttrKey, AttrValue, SpanEventRecord, SpanKind, SpanLinkRecord, SpanRecord, SpanStatus};
+pub use span::{
+    AttrKey, AttrValue, SpanEventRecord, SpanKind, SpanLinkRecord, SpanRecord, SpanStatus,
+};
 pub use time::{UnixNanos, format_rfc3339, parse_rfc3339_nanos};

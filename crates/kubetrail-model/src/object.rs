@@ -78,7 +78,11 @@ impl fmt::Display for ObjectRef {
             write!(f, "{}/", self.namespace)?;
         }
         // A request about a whole collection (deletecollection, an unnamed create).
-        f.write_str(if self.name.is_empty() { "*" } else { &self.name })
+        f.write_str(if self.name.is_empty() {
+            "*"
+        } else {
+            &self.name
+        })
     }
 }
 
@@ -89,22 +93,18 @@ impl ObjectRef {
         let r = event.object_ref.as_ref()?;
         let resource = r.resource.as_deref().filter(|s| !s.is_empty())?;
         let meta = head.map(|h| &h.metadata);
-        let name = r
-            .name
-            .as_deref()
-            .filter(|s| !s.is_empty())
-            .or_else(|| meta.and_then(|m| m.name.as_deref()).filter(|s| !s.is_empty()))?;
-        let uid = r
-            .uid
-            .clone()
-            .filter(|s| !s.is_empty())
-            .or_else(|| {
-                // The body's uid is only this object's uid when the body is the object itself
-                // (not a Binding, Eviction, DeleteOptions or Scale).
-                let h = head?;
-                let same = r.subresource.is_none() || matches!(r.subresource.as_deref(), Some("status"));
-                (same && h.metadata.name.as_deref() == Some(name)).then(|| h.metadata.uid.clone())?
-            });
+        let name = r.name.as_deref().filter(|s| !s.is_empty()).or_else(|| {
+            meta.and_then(|m| m.name.as_deref())
+                .filter(|s| !s.is_empty())
+        })?;
+        let uid = r.uid.clone().filter(|s| !s.is_empty()).or_else(|| {
+            // The body's uid is only this object's uid when the body is the object itself
+            // (not a Binding, Eviction, DeleteOptions or Scale).
+            let h = head?;
+            let same =
+                r.subresource.is_none() || matches!(r.subresource.as_deref(), Some("status"));
+            (same && h.metadata.name.as_deref() == Some(name)).then(|| h.metadata.uid.clone())?
+        });
         let group = r.api_group.clone().unwrap_or_default();
         // The API server puts a Namespace's own name in objectRef.namespace; it is cluster-scoped.
         let namespace = if group.is_empty() && resource == "namespaces" {
@@ -173,11 +173,16 @@ pub fn resource_for_kind(kind: &str) -> String {
         "podsecuritypolicy" => return "podsecuritypolicies".into(),
         _ => {}
     }
-    if lower.ends_with('s') || lower.ends_with('x') || lower.ends_with("ch") || lower.ends_with("sh") {
+    if lower.ends_with('s')
+        || lower.ends_with('x')
+        || lower.ends_with("ch")
+        || lower.ends_with("sh")
+    {
         format!("{lower}es")
-    } else if let Some(stem) = lower.strip_suffix('y').filter(|s| {
-        !s.ends_with(['a', 'e', 'i', 'o', 'u'])
-    }) {
+    } else if let Some(stem) = lower
+        .strip_suffix('y')
+        .filter(|s| !s.ends_with(['a', 'e', 'i', 'o', 'u']))
+    {
         format!("{stem}ies")
     } else {
         format!("{lower}s")
@@ -191,7 +196,10 @@ fn is_cluster_scoped_kind(group: &str, kind: &str) -> bool {
         "" => matches!(kind, "Node" | "Namespace" | "PersistentVolume"),
         "rbac.authorization.k8s.io" => matches!(kind, "ClusterRole" | "ClusterRoleBinding"),
         "apiextensions.k8s.io" => kind == "CustomResourceDefinition",
-        "storage.k8s.io" => matches!(kind, "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment"),
+        "storage.k8s.io" => matches!(
+            kind,
+            "StorageClass" | "CSIDriver" | "CSINode" | "VolumeAttachment"
+        ),
         "admissionregistration.k8s.io" => kind.ends_with("WebhookConfiguration"),
         "apiregistration.k8s.io" => kind == "APIService",
         // OpenShift's cluster configuration and operator objects are cluster-scoped.
@@ -296,7 +304,14 @@ mod tests {
             ..Default::default()
         };
         let rs = ObjectRef::from_owner_ref(&o("apps/v1", "ReplicaSet"), "shop");
-        assert_eq!((rs.group.as_str(), rs.namespace.as_str(), rs.resource.as_str()), ("apps", "shop", "replicasets"));
+        assert_eq!(
+            (
+                rs.group.as_str(),
+                rs.namespace.as_str(),
+                rs.resource.as_str()
+            ),
+            ("apps", "shop", "replicasets")
+        );
         let node = ObjectRef::from_owner_ref(&o("v1", "Node"), "kube-system");
         assert!(node.is_cluster_scoped());
         assert_eq!(node.group, "");
@@ -305,8 +320,17 @@ mod tests {
 
     #[test]
     fn identity_ignores_uid() {
-        let a = ObjectRef { resource: "pods".into(), namespace: "n".into(), name: "p".into(), uid: Some("1".into()), ..Default::default() };
-        let b = ObjectRef { uid: None, ..a.clone() };
+        let a = ObjectRef {
+            resource: "pods".into(),
+            namespace: "n".into(),
+            name: "p".into(),
+            uid: Some("1".into()),
+            ..Default::default()
+        };
+        let b = ObjectRef {
+            uid: None,
+            ..a.clone()
+        };
         assert_eq!(a, b);
         assert_eq!(a.to_string(), "pods/n/p");
     }

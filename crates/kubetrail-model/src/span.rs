@@ -118,7 +118,10 @@ pub struct SpanRecord {
 impl SpanRecord {
     /// The value of an attribute, if set.
     pub fn attr(&self, key: &str) -> Option<&AttrValue> {
-        self.attributes.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+        self.attributes
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v)
     }
 
     /// The string value of an attribute, if set and a string.

@@ -51,7 +51,11 @@ pub struct RequestConfig {
 
 impl Default for RequestConfig {
     fn default() -> Self {
-        RequestConfig { timeout: Duration::from_secs(300), remember: 200_000, max_pending: 50_000 }
+        RequestConfig {
+            timeout: Duration::from_secs(300),
+            remember: 200_000,
+            max_pending: 50_000,
+        }
     }
 }
 
@@ -92,7 +96,14 @@ pub struct Pipeline {
 }
 
 /// Kinds of bodies that are not the object a request was about.
-const NOT_THE_OBJECT: &[&str] = &["Status", "DeleteOptions", "Binding", "Eviction", "Scale", "TokenRequest"];
+const NOT_THE_OBJECT: &[&str] = &[
+    "Status",
+    "DeleteOptions",
+    "Binding",
+    "Eviction",
+    "Scale",
+    "TokenRequest",
+];
 
 impl Pipeline {
     /// A pipeline with the given settings.
@@ -125,7 +136,12 @@ impl Pipeline {
 
     /// Objects in the learned graph, families and objects held open, requests pending.
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
-        (self.linker.len(), self.aggregator.open_families(), self.aggregator.open_objects(), self.merger.pending())
+        (
+            self.linker.len(),
+            self.aggregator.open_families(),
+            self.aggregator.open_objects(),
+            self.merger.pending(),
+        )
     }
 
     /// Processes one event from `cluster`, appending the spans it completes to `out`.
@@ -172,7 +188,13 @@ impl Pipeline {
         self.aggregator.finish(out);
     }
 
-    fn process(&mut self, cluster: &str, event: &AuditEvent, incomplete: bool, out: &mut Vec<SpanRecord>) {
+    fn process(
+        &mut self,
+        cluster: &str,
+        event: &AuditEvent,
+        incomplete: bool,
+        out: &mut Vec<SpanRecord>,
+    ) {
         if incomplete {
             self.stats.incomplete += 1;
         }
@@ -180,18 +202,27 @@ impl Pipeline {
             self.stats.untimed += 1;
             return;
         }
-        let sub = event.object_ref.as_ref().and_then(|r| r.subresource.as_deref());
+        let sub = event
+            .object_ref
+            .as_ref()
+            .and_then(|r| r.subresource.as_deref());
         let head = event
             .object_body()
             .and_then(|b| ObjectHead::parse(b).ok())
             .filter(|_| matches!(sub, None | Some("status")))
-            .filter(|h| !h.kind.as_deref().is_some_and(|k| NOT_THE_OBJECT.contains(&k)));
+            .filter(|h| {
+                !h.kind
+                    .as_deref()
+                    .is_some_and(|k| NOT_THE_OBJECT.contains(&k))
+            });
         let mut object = match ObjectRef::from_event(event, head.as_ref()) {
             Some(o) => o,
             None => {
                 // A create with generateName whose response was not recorded, or a collection
                 // request: the span goes on the collection.
-                let Some(r) = event.object_ref.as_ref().filter(|r| r.resource.is_some()) else { return };
+                let Some(r) = event.object_ref.as_ref().filter(|r| r.resource.is_some()) else {
+                    return;
+                };
                 self.stats.on_collection += 1;
                 ObjectRef {
                     group: r.api_group.clone().unwrap_or_default(),

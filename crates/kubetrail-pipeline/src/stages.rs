@@ -20,7 +20,7 @@ type Key = (String, String);
 #[derive(Debug)]
 pub enum Offer {
     /// The request is complete: process it.
-    Complete(AuditEvent),
+    Complete(Box<AuditEvent>),
     /// An earlier stage: held until the final one arrives.
     Held,
     /// A stage of a request already released.
@@ -43,7 +43,9 @@ impl StageMerger {
         StageMerger {
             pending: HashMap::new(),
             by_time: BTreeSet::new(),
-            completed: LruCache::new(NonZeroUsize::new(remember.max(1)).unwrap_or(NonZeroUsize::MIN)),
+            completed: LruCache::new(
+                NonZeroUsize::new(remember.max(1)).unwrap_or(NonZeroUsize::MIN),
+            ),
             timeout,
             max_pending: max_pending.max(1),
             seq: 0,
@@ -56,21 +58,28 @@ impl StageMerger {
     }
 
     /// Offers one event; events returned by the eviction of old pending stages go to `evicted`.
-    pub fn offer(&mut self, cluster: &str, event: AuditEvent, evicted: &mut Vec<(String, AuditEvent)>) -> Offer {
+    pub fn offer(
+        &mut self,
+        cluster: &str,
+        event: AuditEvent,
+        evicted: &mut Vec<(String, AuditEvent)>,
+    ) -> Offer {
         let key: Key = (cluster.to_owned(), event.audit_id.clone());
         if self.completed.get(&key).is_some() {
             return Offer::Duplicate;
         }
         if event.stage.is_final() {
             if let Some((seq, held)) = self.pending.remove(&key) {
-                self.by_time.remove(&(held.start_time().unwrap_or(0), seq, key.clone()));
+                self.by_time
+                    .remove(&(held.start_time().unwrap_or(0), seq, key.clone()));
             }
             self.completed.put(key, ());
-            return Offer::Complete(event);
+            return Offer::Complete(Box::new(event));
         }
         let t = event.start_time().unwrap_or(0);
         if let Some((seq, held)) = self.pending.remove(&key) {
-            self.by_time.remove(&(held.start_time().unwrap_or(0), seq, key.clone()));
+            self.by_time
+                .remove(&(held.start_time().unwrap_or(0), seq, key.clone()));
         }
         self.seq += 1;
         self.by_time.insert((t, self.seq, key.clone()));

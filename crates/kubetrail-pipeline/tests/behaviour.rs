@@ -5,7 +5,17 @@ mod common;
 use common::*;
 use kubetrail_model::{AuditEvent, SpanKind};
 
-fn ev(id: &str, stage: &str, verb: &str, uri: &str, obj: &str, body: &str, t0: &str, t1: &str) -> AuditEvent {
+#[allow(clippy::too_many_arguments)]
+fn ev(
+    id: &str,
+    stage: &str,
+    verb: &str,
+    uri: &str,
+    obj: &str,
+    body: &str,
+    t0: &str,
+    t1: &str,
+) -> AuditEvent {
     serde_json::from_str(&format!(
         r#"{{"level":"RequestResponse","auditID":"{id}","stage":"{stage}","requestURI":"{uri}","verb":"{verb}","user":{{"username":"system:serviceaccount:kube-system:replicaset-controller"}},"userAgent":"kube-controller-manager/v1.30.0 (linux/amd64) kubernetes/abc/system:serviceaccount:kube-system:replicaset-controller","objectRef":{obj},"responseStatus":{{"code":200}}{body},"requestReceivedTimestamp":"{t0}","stageTimestamp":"{t1}"}}"#
     ))
@@ -16,10 +26,31 @@ const POD: &str = r#"{"resource":"pods","namespace":"shop","name":"web-1-a","api
 
 #[test]
 fn stages_of_one_request_make_one_span() {
-    let a = ev("r1", "RequestReceived", "update", "/api/v1/namespaces/shop/pods/web-1-a", POD, "", "2024-01-01T00:00:00Z", "2024-01-01T00:00:00Z");
-    let b = ev("r1", "ResponseComplete", "update", "/api/v1/namespaces/shop/pods/web-1-a", POD, "", "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.02Z");
+    let a = ev(
+        "r1",
+        "RequestReceived",
+        "update",
+        "/api/v1/namespaces/shop/pods/web-1-a",
+        POD,
+        "",
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T00:00:00Z",
+    );
+    let b = ev(
+        "r1",
+        "ResponseComplete",
+        "update",
+        "/api/v1/namespaces/shop/pods/web-1-a",
+        POD,
+        "",
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T00:00:00.02Z",
+    );
     let (spans, p) = run([a.clone(), b.clone(), b]);
-    let reqs: Vec<_> = spans.iter().filter(|s| s.kind == SpanKind::Request).collect();
+    let reqs: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Request)
+        .collect();
     assert_eq!(reqs.len(), 1);
     assert_eq!(reqs[0].end - reqs[0].start, 20_000_000);
     assert!(reqs[0].attr("kubetrail.audit.incomplete").is_none());
@@ -35,9 +66,36 @@ fn stages_of_one_request_make_one_span() {
 fn pod_under_replicaset_under_deployment_and_families_are_independent() {
     let rs_body = r#","responseObject":{"kind":"ReplicaSet","metadata":{"name":"web-1","namespace":"shop","uid":"rs1","ownerReferences":[{"apiVersion":"apps/v1","kind":"Deployment","name":"web","uid":"d1","controller":true}]}}"#;
     let pod_body = r#","responseObject":{"kind":"Pod","metadata":{"name":"web-1-a","namespace":"shop","uid":"p1","ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-1","uid":"rs1","controller":true}]}}"#;
-    let rs = ev("a", "ResponseComplete", "create", "/apis/apps/v1/namespaces/shop/replicasets", r#"{"resource":"replicasets","namespace":"shop","apiGroup":"apps","apiVersion":"v1"}"#, rs_body, "2024-01-01T00:00:01Z", "2024-01-01T00:00:01.01Z");
-    let pod = ev("b", "ResponseComplete", "create", "/api/v1/namespaces/shop/pods", r#"{"resource":"pods","namespace":"shop","apiVersion":"v1"}"#, pod_body, "2024-01-01T00:00:02Z", "2024-01-01T00:00:02.01Z");
-    let other = ev("c", "ResponseComplete", "update", "/api/v1/namespaces/other/configmaps/x", r#"{"resource":"configmaps","namespace":"other","name":"x","apiVersion":"v1"}"#, "", "2024-01-01T00:00:01.5Z", "2024-01-01T00:00:01.6Z");
+    let rs = ev(
+        "a",
+        "ResponseComplete",
+        "create",
+        "/apis/apps/v1/namespaces/shop/replicasets",
+        r#"{"resource":"replicasets","namespace":"shop","apiGroup":"apps","apiVersion":"v1"}"#,
+        rs_body,
+        "2024-01-01T00:00:01Z",
+        "2024-01-01T00:00:01.01Z",
+    );
+    let pod = ev(
+        "b",
+        "ResponseComplete",
+        "create",
+        "/api/v1/namespaces/shop/pods",
+        r#"{"resource":"pods","namespace":"shop","apiVersion":"v1"}"#,
+        pod_body,
+        "2024-01-01T00:00:02Z",
+        "2024-01-01T00:00:02.01Z",
+    );
+    let other = ev(
+        "c",
+        "ResponseComplete",
+        "update",
+        "/api/v1/namespaces/other/configmaps/x",
+        r#"{"resource":"configmaps","namespace":"other","name":"x","apiVersion":"v1"}"#,
+        "",
+        "2024-01-01T00:00:01.5Z",
+        "2024-01-01T00:00:01.6Z",
+    );
     let (spans, _) = run([rs.clone(), other.clone(), pod.clone()]);
     insta::assert_snapshot!(outline(&spans), @r"
     deployments.apps/shop/web [Int(0)]
@@ -56,7 +114,10 @@ fn pod_under_replicaset_under_deployment_and_families_are_independent() {
     // Independent families in another order: the same ids.
     let (again, _) = run([other, rs, pod]);
     let ids = |v: &[kubetrail_model::SpanRecord]| {
-        let mut x: Vec<_> = v.iter().map(|s| (s.trace_id, s.span_id, s.parent_span_id)).collect();
+        let mut x: Vec<_> = v
+            .iter()
+            .map(|s| (s.trace_id, s.span_id, s.parent_span_id))
+            .collect();
         x.sort();
         x
     };
@@ -65,10 +126,31 @@ fn pod_under_replicaset_under_deployment_and_families_are_independent() {
 
 #[test]
 fn recreation_under_the_same_name_is_a_new_span() {
-    let del = ev("d", "ResponseComplete", "delete", "/api/v1/namespaces/shop/pods/web-1-a", POD, "", "2024-01-01T00:00:01Z", "2024-01-01T00:00:01.01Z");
-    let create = ev("e", "ResponseComplete", "create", "/api/v1/namespaces/shop/pods", r#"{"resource":"pods","namespace":"shop","apiVersion":"v1"}"#, r#","responseObject":{"kind":"Pod","metadata":{"name":"web-1-a","uid":"p2"}}"#, "2024-01-01T00:00:02Z", "2024-01-01T00:00:02.01Z");
+    let del = ev(
+        "d",
+        "ResponseComplete",
+        "delete",
+        "/api/v1/namespaces/shop/pods/web-1-a",
+        POD,
+        "",
+        "2024-01-01T00:00:01Z",
+        "2024-01-01T00:00:01.01Z",
+    );
+    let create = ev(
+        "e",
+        "ResponseComplete",
+        "create",
+        "/api/v1/namespaces/shop/pods",
+        r#"{"resource":"pods","namespace":"shop","apiVersion":"v1"}"#,
+        r#","responseObject":{"kind":"Pod","metadata":{"name":"web-1-a","uid":"p2"}}"#,
+        "2024-01-01T00:00:02Z",
+        "2024-01-01T00:00:02.01Z",
+    );
     let (spans, p) = run([del, create]);
-    let pods: Vec<_> = spans.iter().filter(|s| s.kind == SpanKind::Object).collect();
+    let pods: Vec<_> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Object)
+        .collect();
     assert_eq!(pods.len(), 2);
     assert_ne!(pods[0].span_id, pods[1].span_id);
     assert_eq!(pods[0].trace_id, pods[1].trace_id);
@@ -77,8 +159,26 @@ fn recreation_under_the_same_name_is_a_new_span() {
 
 #[test]
 fn quiet_family_is_emitted_and_later_activity_continues_it() {
-    let a = ev("1", "ResponseComplete", "update", "/api/v1/namespaces/shop/pods/web-1-a", POD, "", "2024-01-01T00:00:00Z", "2024-01-01T00:00:00.01Z");
-    let b = ev("2", "ResponseComplete", "update", "/api/v1/namespaces/shop/pods/web-1-a", POD, "", "2024-01-01T00:05:00Z", "2024-01-01T00:05:00.01Z");
+    let a = ev(
+        "1",
+        "ResponseComplete",
+        "update",
+        "/api/v1/namespaces/shop/pods/web-1-a",
+        POD,
+        "",
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T00:00:00.01Z",
+    );
+    let b = ev(
+        "2",
+        "ResponseComplete",
+        "update",
+        "/api/v1/namespaces/shop/pods/web-1-a",
+        POD,
+        "",
+        "2024-01-01T00:05:00Z",
+        "2024-01-01T00:05:00.01Z",
+    );
     let mut p = kubetrail_pipeline::Pipeline::new(Default::default());
     let mut out = vec![];
     p.push("c", a, &mut out);
@@ -90,7 +190,10 @@ fn quiet_family_is_emitted_and_later_activity_continues_it() {
     p.finish(&mut out);
     let objects: Vec<_> = out.iter().filter(|s| s.kind == SpanKind::Object).collect();
     assert_eq!(objects.len(), 2);
-    assert_eq!(objects[0].trace_id, objects[1].trace_id, "same window, same trace");
+    assert_eq!(
+        objects[0].trace_id, objects[1].trace_id,
+        "same window, same trace"
+    );
     assert_ne!(objects[0].span_id, objects[1].span_id);
     assert_eq!(p.stats().aggregate.continuations, 1);
 }

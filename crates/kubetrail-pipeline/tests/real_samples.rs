@@ -13,14 +13,19 @@ fn outline_of(rel: &str) -> String {
 
 #[test]
 fn snapshot_openshift_operator_chains() {
-    insta::assert_snapshot!(outline_of("openshift-cluster-logging-operator/audit_in.log"));
+    insta::assert_snapshot!(outline_of(
+        "openshift-cluster-logging-operator/audit_in.log"
+    ));
 }
 
 #[test]
 fn snapshot_falco_replicaset_pods() {
     let mut events = vec![];
     let dir = samples().join("falco-trace-files-k8s-audit");
-    let mut files: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     files.sort();
     for f in files {
         events.extend(read_events(&f));
@@ -47,11 +52,22 @@ fn snapshot_gitops_reverser_and_sysdig() {
 
 #[test]
 fn controller_revision_is_placed_under_its_daemonset() {
-    let (spans, _) = run(read_events(&samples().join("sysdiglabs-aks-audit-log/sample_KubeAuditLog_event.jsonl")));
-    let root = spans.iter().find(|s| s.kind == SpanKind::Object && s.parent_span_id.is_none()).unwrap();
-    assert_eq!(root.attr_str("kubetrail.object.ref"), Some("daemonsets.apps/kube-system/kube-proxy"));
+    let (spans, _) = run(read_events(
+        &samples().join("sysdiglabs-aks-audit-log/sample_KubeAuditLog_event.jsonl"),
+    ));
+    let root = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Object && s.parent_span_id.is_none())
+        .unwrap();
+    assert_eq!(
+        root.attr_str("kubetrail.object.ref"),
+        Some("daemonsets.apps/kube-system/kube-proxy")
+    );
     assert_eq!(root.attr_str("k8s.daemonset.name"), Some("kube-proxy"));
-    let rev = spans.iter().find(|s| s.name == "controllerrevisions.apps").unwrap();
+    let rev = spans
+        .iter()
+        .find(|s| s.name == "controllerrevisions.apps")
+        .unwrap();
     assert_eq!(rev.parent_span_id, Some(root.span_id));
     assert_eq!(rev.trace_id, root.trace_id);
     let req = spans.iter().find(|s| s.kind == SpanKind::Request).unwrap();
@@ -80,8 +96,17 @@ fn every_real_mutating_request_becomes_exactly_one_span() {
     let expected: std::collections::BTreeSet<_> = events
         .iter()
         .filter(|e| e.is_mutating())
-        .filter(|e| e.object_ref.as_ref().is_some_and(|r| r.resource.is_some() && r.resource.as_deref() != Some("leases")))
-        .filter(|e| !e.object_ref.as_ref().and_then(|r| r.resource.as_deref()).is_some_and(|r| r.ends_with("reviews")))
+        .filter(|e| {
+            e.object_ref
+                .as_ref()
+                .is_some_and(|r| r.resource.is_some() && r.resource.as_deref() != Some("leases"))
+        })
+        .filter(|e| {
+            !e.object_ref
+                .as_ref()
+                .and_then(|r| r.resource.as_deref())
+                .is_some_and(|r| r.ends_with("reviews"))
+        })
         .filter(|e| !e.request_uri.contains("dryRun="))
         .map(|e| e.audit_id.clone())
         .collect();
@@ -99,7 +124,13 @@ fn every_real_mutating_request_becomes_exactly_one_span() {
     assert!(stats.filtered.get("verb").copied().unwrap_or(0) > 100);
     // Every request span hangs under an object span of its own trace.
     for r in spans.iter().filter(|s| s.kind == SpanKind::Request) {
-        let parent = spans.iter().find(|o| Some(o.span_id) == r.parent_span_id && o.trace_id == r.trace_id);
-        assert!(parent.is_some_and(|o| o.kind == SpanKind::Object), "{} has no object parent", r.name);
+        let parent = spans
+            .iter()
+            .find(|o| Some(o.span_id) == r.parent_span_id && o.trace_id == r.trace_id);
+        assert!(
+            parent.is_some_and(|o| o.kind == SpanKind::Object),
+            "{} has no object parent",
+            r.name
+        );
     }
 }

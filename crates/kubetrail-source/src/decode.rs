@@ -28,19 +28,25 @@ struct RawList<'a> {
 /// and does not reject the others. The whole body is an error when it is not JSON, not an
 /// object, has a `kind` other than `EventList`, or has no `items` array.
 pub fn decode_event_list(body: &[u8]) -> Result<(Vec<AuditEvent>, Vec<ItemError>), String> {
-    let list: RawList<'_> = serde_json::from_slice(body).map_err(|e| format!("not an audit EventList: {e}"))?;
-    if let Some(kind) = list.kind {
-        if kind != "EventList" {
-            return Err(format!("not an audit EventList: kind is {kind:?}"));
-        }
+    let list: RawList<'_> =
+        serde_json::from_slice(body).map_err(|e| format!("not an audit EventList: {e}"))?;
+    if let Some(kind) = list.kind
+        && kind != "EventList"
+    {
+        return Err(format!("not an audit EventList: kind is {kind:?}"));
     }
-    let items = list.items.ok_or_else(|| "not an audit EventList: no \"items\" array".to_owned())?;
+    let items = list
+        .items
+        .ok_or_else(|| "not an audit EventList: no \"items\" array".to_owned())?;
     let mut events = Vec::with_capacity(items.len());
     let mut errors = Vec::new();
     for (index, item) in items.into_iter().enumerate() {
         match serde_json::from_str::<AuditEvent>(item.get()) {
             Ok(e) => events.push(e),
-            Err(_) => errors.push(ItemError { index, reason: crate::reader::describe_error(item.get().as_bytes()) }),
+            Err(_) => errors.push(ItemError {
+                index,
+                reason: crate::reader::describe_error(item.get().as_bytes()),
+            }),
         }
     }
     Ok((events, errors))
@@ -54,7 +60,9 @@ mod tests {
 
     #[test]
     fn bad_items_do_not_reject_good_ones() {
-        let body = format!(r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{GOOD},{{"level":"Metadata"}},42,{GOOD}]}}"#);
+        let body = format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{GOOD},{{"level":"Metadata"}},42,{GOOD}]}}"#
+        );
         let (events, errors) = decode_event_list(body.as_bytes()).unwrap();
         assert_eq!(events.len(), 2);
         assert_eq!(errors.len(), 2);
@@ -65,9 +73,21 @@ mod tests {
 
     #[test]
     fn whole_body_errors() {
-        assert!(decode_event_list(b"not json").unwrap_err().contains("not an audit EventList"));
-        assert!(decode_event_list(br#"{"kind":"PodList","items":[]}"#).unwrap_err().contains("PodList"));
-        assert!(decode_event_list(br#"{"kind":"EventList"}"#).unwrap_err().contains("items"));
+        assert!(
+            decode_event_list(b"not json")
+                .unwrap_err()
+                .contains("not an audit EventList")
+        );
+        assert!(
+            decode_event_list(br#"{"kind":"PodList","items":[]}"#)
+                .unwrap_err()
+                .contains("PodList")
+        );
+        assert!(
+            decode_event_list(br#"{"kind":"EventList"}"#)
+                .unwrap_err()
+                .contains("items")
+        );
         assert!(decode_event_list(b"[1,2]").is_err());
     }
 }

@@ -20,6 +20,6 @@ mod decode;
 mod reader;
 
 pub use decode::{ItemError, decode_event_list};
-pub use reader::{EventReader, Malformed, SourceError, open_input};
+pub use reader::{EventReader, Malformed, OpenedInput, SourceError, open_input};
 
 pub use kubetrail_model::AuditEvent;

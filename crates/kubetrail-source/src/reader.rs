@@ -21,7 +21,7 @@ const MAX_REASON: usize = 300;
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
     /// The input could not be opened.
-    #[error("cannot open {name}: {source}")]
+    #[error("cannot open {name}")]
     Open {
         /// Path as given.
         name: String,
@@ -29,7 +29,7 @@ pub enum SourceError {
         source: io::Error,
     },
     /// Reading failed part-way (I/O error, corrupt gzip stream).
-    #[error("cannot read {name} at line {line}: {source}")]
+    #[error("cannot read {name} after line {line}")]
     Read {
         /// Path as given.
         name: String,
@@ -76,33 +76,61 @@ impl<R: Read> Read for Counting<R> {
     }
 }
 
+/// An opened input.
+pub struct OpenedInput {
+    /// The decompressed bytes.
+    pub reader: Box<dyn BufRead + Send>,
+    /// Raw (compressed) bytes consumed so far, for progress reporting.
+    pub progress: Arc<AtomicU64>,
+    /// The raw size, when the input is a regular file.
+    pub size: Option<u64>,
+}
+
 /// Opens a path (or `-` for stdin), transparently decompressing gzip.
-///
-/// Returns the reader, a counter of raw (compressed) bytes consumed so far for progress
-/// reporting, and the raw size when known.
-pub fn open_input(name: &str) -> Result<(Box<dyn BufRead + Send>, Arc<AtomicU64>, Option<u64>), SourceError> {
+pub fn open_input(name: &str) -> Result<OpenedInput, SourceError> {
     let count = Arc::new(AtomicU64::new(0));
     let (raw, size): (Box<dyn Read + Send>, Option<u64>) = if name == "-" {
         (Box::new(io::stdin()), None)
     } else {
-        let open_err = |source| SourceError::Open { name: name.to_owned(), source };
+        let open_err = |source| SourceError::Open {
+            name: name.to_owned(),
+            source,
+        };
         let file = File::open(Path::new(name)).map_err(open_err)?;
         let meta = file.metadata().map_err(open_err)?;
         if meta.is_dir() {
-            return Err(open_err(io::Error::new(io::ErrorKind::InvalidInput, "is a directory")));
+            return Err(open_err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "is a directory",
+            )));
         }
         (Box::new(file), Some(meta.len()))
     };
-    let mut buffered = BufReader::with_capacity(256 << 10, Counting { inner: raw, count: count.clone() });
-    let magic = buffered
-        .fill_buf()
-        .map_err(|source| SourceError::Read { name: name.to_owned(), line: 0, source })?;
+    let mut buffered = BufReader::with_capacity(
+        256 << 10,
+        Counting {
+            inner: raw,
+            count: count.clone(),
+        },
+    );
+    let magic = buffered.fill_buf().map_err(|source| SourceError::Read {
+        name: name.to_owned(),
+        line: 0,
+        source,
+    })?;
     let reader: Box<dyn BufRead + Send> = if magic.starts_with(&[0x1f, 0x8b]) {
-        Box::new(BufReader::with_capacity(256 << 10, flate2::bufread::MultiGzDecoder::new(buffered)))
+        Box::new(BufReader::with_capacity(
+            256 << 10,
+            flate2::bufread::MultiGzDecoder::new(buffered),
+        ))
     } else {
         Box::new(buffered)
     };
-    Ok((reader, count, size))
+    Ok(OpenedInput {
+        reader,
+        progress: count,
+        size,
+    })
 }
 
 #[derive(Deserialize)]
@@ -142,10 +170,14 @@ pub struct EventReader {
 impl EventReader {
     /// Opens a path, or `-` for stdin.
     pub fn open(name: &str) -> Result<EventReader, SourceError> {
-        let (input, progress, size) = open_input(name)?;
+        let OpenedInput {
+            reader,
+            progress,
+            size,
+        } = open_input(name)?;
         Ok(EventReader {
             name: name.to_owned(),
-            input,
+            input: reader,
             progress,
             size,
             line: 0,
@@ -184,7 +216,12 @@ impl EventReader {
         self.size
     }
 
-    fn malformed(&self, line: u64, item: Option<usize>, reason: impl std::fmt::Display) -> Malformed {
+    fn malformed(
+        &self,
+        line: u64,
+        item: Option<usize>,
+        reason: impl std::fmt::Display,
+    ) -> Malformed {
         let mut reason = reason.to_string();
         if reason.len() > MAX_REASON {
             let mut cut = MAX_REASON;
@@ -194,17 +231,25 @@ impl EventReader {
             reason.truncate(cut);
             reason.push('…');
         }
-        Malformed { input: self.name.clone(), line, item, reason }
+        Malformed {
+            input: self.name.clone(),
+            line,
+            item,
+            reason,
+        }
     }
 
     /// Reads the next line into `self.buf`; false at end of input.
     fn next_line(&mut self) -> Result<bool, SourceError> {
         self.buf.clear();
-        let n = self.input.read_until(b'\n', &mut self.buf).map_err(|source| SourceError::Read {
-            name: self.name.clone(),
-            line: self.line,
-            source,
-        })?;
+        let n = self
+            .input
+            .read_until(b'\n', &mut self.buf)
+            .map_err(|source| SourceError::Read {
+                name: self.name.clone(),
+                line: self.line,
+                source,
+            })?;
         if n > 0 {
             self.line += 1;
         }
@@ -234,7 +279,11 @@ impl EventReader {
                 }
                 let items = if let Ok(list) = serde_json::from_slice::<RawList<'_>>(text) {
                     if list.kind.is_some_and(|k| k != "EventList") {
-                        let m = self.malformed(line, None, format!("not an audit event or EventList: kind {:?}", list.kind));
+                        let m = self.malformed(
+                            line,
+                            None,
+                            format!("not an audit event or EventList: kind {:?}", list.kind),
+                        );
                         self.pending.push_back(Err(m));
                         return Ok(());
                     }
@@ -247,8 +296,9 @@ impl EventReader {
                     return Ok(());
                 };
                 for (i, item) in items.into_iter().enumerate() {
-                    let rec = serde_json::from_str::<AuditEvent>(item.get())
-                        .map_err(|_| self.malformed(line, Some(i), describe_error(item.get().as_bytes())));
+                    let rec = serde_json::from_str::<AuditEvent>(item.get()).map_err(|_| {
+                        self.malformed(line, Some(i), describe_error(item.get().as_bytes()))
+                    });
                     self.pending.push_back(rec);
                 }
             }
@@ -276,14 +326,22 @@ impl EventReader {
                     let mut doc = line;
                     loop {
                         if !self.next_line()? {
-                            let m = self.malformed(start, None, "truncated JSON document at end of input");
+                            let m = self.malformed(
+                                start,
+                                None,
+                                "truncated JSON document at end of input",
+                            );
                             self.pending.push_back(Err(m));
                             self.done = true;
                             break;
                         }
                         doc.extend_from_slice(&self.buf);
                         if doc.len() > MAX_DOCUMENT_BYTES {
-                            let m = self.malformed(start, None, format!("JSON document larger than {MAX_DOCUMENT_BYTES} bytes"));
+                            let m = self.malformed(
+                                start,
+                                None,
+                                format!("JSON document larger than {MAX_DOCUMENT_BYTES} bytes"),
+                            );
                             self.pending.push_back(Err(m));
                             // Skip to the next line that starts a new top-level value.
                             break;
@@ -341,13 +399,22 @@ mod tests {
         assert_eq!(ids, ["1", "2"]);
         assert_eq!(bad.len(), 2);
         assert_eq!((bad[0].line, bad[1].line), (3, 4));
-        assert!(bad[1].reason.starts_with("kind: invalid type: integer"), "{}", bad[1].reason);
+        assert!(
+            bad[1].reason.starts_with("kind: invalid type: integer"),
+            "{}",
+            bad[1].reason
+        );
     }
 
     #[test]
     fn event_list_lines_and_pretty_documents() {
-        let list = format!(r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{E1},{{"verb":1}},{E2}]}}"#);
-        let pretty = serde_json::to_string_pretty(&serde_json::from_str::<serde_json::Value>(&list).unwrap()).unwrap();
+        let list = format!(
+            r#"{{"kind":"EventList","apiVersion":"audit.k8s.io/v1","items":[{E1},{{"verb":1}},{E2}]}}"#
+        );
+        let pretty = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(&list).unwrap(),
+        )
+        .unwrap();
         let text = format!("{list}\n{pretty}\n[{E1},\n{E2}]\n");
         let (ids, bad) = read(&text);
         assert_eq!(ids, ["1", "2", "1", "2", "1", "2"]);
@@ -376,7 +443,10 @@ mod tests {
     fn gzip_is_detected_by_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log"); // no .gz suffix on purpose
-        let mut gz = flate2::write::GzEncoder::new(File::create(&path).unwrap(), flate2::Compression::fast());
+        let mut gz = flate2::write::GzEncoder::new(
+            File::create(&path).unwrap(),
+            flate2::Compression::fast(),
+        );
         writeln!(gz, "{E1}\n{E2}").unwrap();
         gz.finish().unwrap();
         let r = EventReader::open(path.to_str().unwrap()).unwrap();

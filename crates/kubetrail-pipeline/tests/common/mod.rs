@@ -14,7 +14,10 @@ pub fn samples() -> PathBuf {
 }
 
 pub fn read_events(path: &Path) -> Vec<AuditEvent> {
-    EventReader::open(path.to_str().unwrap()).unwrap().map(|r| r.unwrap().unwrap()).collect()
+    EventReader::open(path.to_str().unwrap())
+        .unwrap()
+        .map(|r| r.unwrap().unwrap())
+        .collect()
 }
 
 pub fn run(events: impl IntoIterator<Item = AuditEvent>) -> (Vec<SpanRecord>, Pipeline) {
@@ -38,7 +41,8 @@ pub fn outline(spans: &[SpanRecord]) -> String {
     let mut traces: Vec<(i64, String)> = vec![];
     for spans in by_trace.values() {
         let ids: HashMap<_, _> = spans.iter().map(|s| (s.span_id, *s)).collect();
-        let mut children: HashMap<Option<kubetrail_model::ids::SpanId>, Vec<&SpanRecord>> = HashMap::new();
+        let mut children: HashMap<Option<kubetrail_model::ids::SpanId>, Vec<&SpanRecord>> =
+            HashMap::new();
         for s in spans {
             let parent = s.parent_span_id.filter(|p| ids.contains_key(p));
             children.entry(parent).or_default().push(s);
@@ -57,10 +61,19 @@ pub fn outline(spans: &[SpanRecord]) -> String {
             match s.kind {
                 SpanKind::Object => {
                     let r = s.attr_str("kubetrail.object.ref").unwrap_or("?");
-                    let _ = writeln!(out, "{indent}{r} [{}]", s.attr("kubetrail.object.requests").map(|v| format!("{v:?}")).unwrap_or_default());
+                    let _ = writeln!(
+                        out,
+                        "{indent}{r} [{}]",
+                        s.attr("kubetrail.object.requests")
+                            .map(|v| format!("{v:?}"))
+                            .unwrap_or_default()
+                    );
                 }
                 SpanKind::Request => {
-                    let code = s.attr("http.response.status_code").map(|v| format!("{v:?}")).unwrap_or_default();
+                    let code = s
+                        .attr("http.response.status_code")
+                        .map(|v| format!("{v:?}"))
+                        .unwrap_or_default();
                     let err = match &s.status {
                         kubetrail_model::SpanStatus::Error(m) => format!(" ERROR {m}"),
                         _ => String::new(),
@@ -82,5 +95,9 @@ pub fn outline(spans: &[SpanRecord]) -> String {
         traces.push((roots.first().map_or(0, |r| r.start), text));
     }
     traces.sort();
-    traces.into_iter().map(|(_, t)| t).collect::<Vec<_>>().join("\n")
+    traces
+        .into_iter()
+        .map(|(_, t)| t)
+        .collect::<Vec<_>>()
+        .join("\n")
 }

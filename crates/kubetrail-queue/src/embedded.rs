@@ -1,0 +1,237 @@
+//! The embedded queue: bounded, in-process, the default.
+//!
+//! Capacity is counted in events with a semaphore; a batch holds its permits from the moment
+//! it is accepted until its [`Ack`] is done (its spans exported), so queue depth includes the
+//! batches being processed. [`EmbeddedProducer::publish`] fails fast when full (the webhook
+//! turns that into 503 + Retry-After); [`EmbeddedProducer::publish_wait`] waits instead (a
+//! replay reading a file as fast as the pipeline allows).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Semaphore, mpsc};
+
+use crate::{Ack, AuditBatch, AuditConsumer, AuditProducer, PublishError, QueueHealth, Received};
+
+struct Shared {
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    closed: AtomicBool,
+}
+
+/// Creates an embedded queue holding at most `capacity_events` events.
+pub fn channel(capacity_events: usize) -> (EmbeddedProducer, EmbeddedConsumer) {
+    let capacity = capacity_events.clamp(1, Semaphore::MAX_PERMITS);
+    let shared = Arc::new(Shared {
+        permits: Arc::new(Semaphore::new(capacity)),
+        capacity,
+        closed: AtomicBool::new(false),
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    (
+        EmbeddedProducer {
+            tx,
+            shared: shared.clone(),
+        },
+        EmbeddedConsumer { rx, shared },
+    )
+}
+
+/// The producing side; cheap to clone. The queue closes when every producer is dropped.
+#[derive(Clone)]
+pub struct EmbeddedProducer {
+    tx: mpsc::UnboundedSender<(AuditBatch, tokio::sync::OwnedSemaphorePermit)>,
+    shared: Arc<Shared>,
+}
+
+/// The consuming side.
+pub struct EmbeddedConsumer {
+    rx: mpsc::UnboundedReceiver<(AuditBatch, tokio::sync::OwnedSemaphorePermit)>,
+    shared: Arc<Shared>,
+}
+
+fn permits_for(n: usize) -> u32 {
+    u32::try_from(n.max(1)).unwrap_or(u32::MAX)
+}
+
+impl EmbeddedProducer {
+    /// Waits for room, then queues the batch (for sources that may block, such as a replay).
+    pub async fn publish_wait(&self, batch: AuditBatch) -> Result<(), PublishError> {
+        let n = batch.events.len();
+        if n > self.shared.capacity {
+            return Err(PublishError::TooLarge {
+                events: n,
+                capacity: self.shared.capacity,
+            });
+        }
+        let permit = self
+            .shared
+            .permits
+            .clone()
+            .acquire_many_owned(permits_for(n))
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        self.send(batch, permit)
+    }
+
+    fn send(
+        &self,
+        batch: AuditBatch,
+        permit: tokio::sync::OwnedSemaphorePermit,
+    ) -> Result<(), PublishError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        let n = batch.events.len();
+        self.tx
+            .send((batch, permit))
+            .map_err(|_| PublishError::Closed)?;
+        metrics::counter!("kubetrail_queue_events_published_total", "queue" => "embedded")
+            .increment(n as u64);
+        metrics::gauge!("kubetrail_queue_depth_events", "queue" => "embedded")
+            .set(self.queued() as f64);
+        Ok(())
+    }
+
+    fn queued(&self) -> usize {
+        self.shared.capacity - self.shared.permits.available_permits()
+    }
+
+    /// Stops accepting: later publishes fail with [`PublishError::Closed`]; the consumer drains
+    /// what is queued and then ends.
+    pub fn close(&self) {
+        self.shared.closed.store(true, Ordering::Release);
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditProducer for EmbeddedProducer {
+    async fn publish(&self, batch: AuditBatch) -> Result<(), PublishError> {
+        if self.shared.closed.load(Ordering::Acquire) {
+            return Err(PublishError::Closed);
+        }
+        let n = batch.events.len();
+        if n > self.shared.capacity {
+            return Err(PublishError::TooLarge {
+                events: n,
+                capacity: self.shared.capacity,
+            });
+        }
+        match self
+            .shared
+            .permits
+            .clone()
+            .try_acquire_many_owned(permits_for(n))
+        {
+            Ok(permit) => self.send(batch, permit),
+            Err(tokio::sync::TryAcquireError::Closed) => Err(PublishError::Closed),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                metrics::counter!("kubetrail_queue_full_total", "queue" => "embedded").increment(1);
+                Err(PublishError::Full {
+                    queued: self.queued(),
+                    capacity: self.shared.capacity,
+                    retry_after: Duration::from_secs(1),
+                })
+            }
+        }
+    }
+
+    fn health(&self) -> QueueHealth {
+        let closed = self.shared.closed.load(Ordering::Acquire);
+        QueueHealth {
+            ready: !closed,
+            queued_events: self.queued(),
+            capacity_events: self.shared.capacity,
+            reason: closed.then(|| "the queue is closed (shutting down)".to_owned()),
+        }
+    }
+}
+
+impl EmbeddedConsumer {
+    /// Events queued or in processing.
+    pub fn queued(&self) -> usize {
+        self.shared.capacity - self.shared.permits.available_permits()
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditConsumer for EmbeddedConsumer {
+    async fn recv(&mut self) -> Option<Received> {
+        let (batch, permit) = self.rx.recv().await?;
+        let shared = self.shared.clone();
+        let ack = Ack::new(move || {
+            drop(permit);
+            metrics::gauge!("kubetrail_queue_depth_events", "queue" => "embedded")
+                .set((shared.capacity - shared.permits.available_permits()) as f64);
+        });
+        Some(Received { batch, ack })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn batch(n: usize) -> AuditBatch {
+        let e: kubetrail_model::AuditEvent = serde_json::from_str(
+            r#"{"level":"Metadata","auditID":"a","stage":"ResponseComplete","requestURI":"/","verb":"get","user":{}}"#,
+        )
+        .unwrap();
+        AuditBatch {
+            cluster: "c".into(),
+            events: vec![e; n],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn capacity_is_held_until_ack() {
+        let (p, mut c) = channel(10);
+        p.publish(batch(6)).await.unwrap();
+        let err = p.publish(batch(6)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                PublishError::Full {
+                    queued: 6,
+                    capacity: 10,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let r = c.recv().await.unwrap();
+        assert_eq!(r.batch.events.len(), 6);
+        // Received but not acknowledged: still counted.
+        assert!(p.publish(batch(6)).await.is_err());
+        assert_eq!(p.health().queued_events, 6);
+        r.ack.done();
+        p.publish(batch(6)).await.unwrap();
+        assert!(matches!(
+            p.publish(batch(11)).await,
+            Err(PublishError::TooLarge { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn publish_wait_waits_for_acks_and_close_drains() {
+        let (p, mut c) = channel(4);
+        p.publish(batch(4)).await.unwrap();
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.publish_wait(batch(4)).await });
+        let first = c.recv().await.unwrap();
+        assert!(!waiter.is_finished());
+        drop(first.ack);
+        waiter.await.unwrap().unwrap();
+        p.close();
+        assert!(!p.health().ready);
+        assert_eq!(p.publish(batch(1)).await, Err(PublishError::Closed));
+        drop(p);
+        assert!(
+            c.recv().await.is_some(),
+            "queued batches are still delivered after close"
+        );
+        assert!(c.recv().await.is_none(), "then the consumer ends");
+    }
+}

@@ -1,0 +1,151 @@
+//! The queue between accepting audit events and processing them.
+//!
+//! The webhook answers the API server as soon as a batch is *in the queue*; consumer workers
+//! take batches out, run the pipeline and export. One pair of traits, two implementations:
+//! [`embedded`] (in-process, bounded, the default: one binary does everything) and Kafka (for
+//! scale-out). Capacity is counted in events and is only given back when a batch is
+//! acknowledged, after its spans were exported: a slow or down exporter fills the queue, and
+//! a full queue makes the webhook answer 503 with `Retry-After`, which the API server retries.
+//! Backpressure reaches all the way back; nothing is dropped silently.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use kubetrail_model::{AuditEvent, UnixNanos};
+
+/// Events accepted together (one webhook request, or one chunk of a replayed file).
+#[derive(Debug, Clone, Default)]
+pub struct AuditBatch {
+    /// The cluster the events came from.
+    pub cluster: String,
+    /// When the batch was accepted (wall clock), in Unix nanoseconds.
+    pub received_at: UnixNanos,
+    /// Who sent it (remote address), when known.
+    pub source: Option<String>,
+    /// The events, in the order the API server sent them.
+    pub events: Vec<AuditEvent>,
+}
+
+/// Why a batch was not accepted. Every variant is one the API server should retry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The queue is full; try again after the given delay.
+    #[error("the queue is full ({queued} of {capacity} events)")]
+    Full {
+        /// Events queued.
+        queued: usize,
+        /// Capacity in events.
+        capacity: usize,
+        /// Suggested delay.
+        retry_after: Duration,
+    },
+    /// The batch alone is larger than the queue can ever hold.
+    #[error("a batch of {events} events is larger than the queue ({capacity} events)")]
+    TooLarge {
+        /// Events in the batch.
+        events: usize,
+        /// Capacity in events.
+        capacity: usize,
+    },
+    /// The queue's backend is unreachable or failing (Kafka down).
+    #[error("the queue is unavailable: {reason}")]
+    Unavailable {
+        /// What failed.
+        reason: String,
+        /// Suggested delay.
+        retry_after: Duration,
+    },
+    /// The queue is shutting down.
+    #[error("the queue is closed")]
+    Closed,
+}
+
+impl PublishError {
+    /// The delay to suggest to the client (`Retry-After`).
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            PublishError::Full { retry_after, .. }
+            | PublishError::Unavailable { retry_after, .. } => *retry_after,
+            PublishError::TooLarge { .. } | PublishError::Closed => Duration::from_secs(5),
+        }
+    }
+}
+
+/// A snapshot of the queue's state, for readiness and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QueueHealth {
+    /// Whether a publish would be attempted now (not closed, backend reachable).
+    pub ready: bool,
+    /// Events waiting or being processed.
+    pub queued_events: usize,
+    /// Capacity in events (0 when unbounded or unknown).
+    pub capacity_events: usize,
+    /// Why it is not ready.
+    pub reason: Option<String>,
+}
+
+/// The accepting side of a queue.
+#[async_trait::async_trait]
+pub trait AuditProducer: Send + Sync {
+    /// Accepts a batch: `Ok` only once it is durably in the queue.
+    async fn publish(&self, batch: AuditBatch) -> Result<(), PublishError>;
+    /// The queue's state.
+    fn health(&self) -> QueueHealth;
+}
+
+/// Acknowledges a received batch once everything derived from it is safe (exported). Dropping
+/// it without calling [`Ack::done`] also acknowledges (the batch is not redelivered in-process).
+pub struct Ack(Option<Box<dyn FnOnce() + Send>>);
+
+impl Ack {
+    /// An acknowledgement that runs `f` when done.
+    pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
+        Ack(Some(Box::new(f)))
+    }
+
+    /// An acknowledgement that does nothing.
+    pub fn noop() -> Self {
+        Ack(None)
+    }
+
+    /// Acknowledges.
+    pub fn done(mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl Drop for Ack {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
+impl std::fmt::Debug for Ack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ack")
+    }
+}
+
+/// A batch taken out of the queue, with its acknowledgement.
+#[derive(Debug)]
+pub struct Received {
+    /// The batch.
+    pub batch: AuditBatch,
+    /// To call once the batch's spans are exported.
+    pub ack: Ack,
+}
+
+/// The consuming side of a queue.
+#[async_trait::async_trait]
+pub trait AuditConsumer: Send {
+    /// The next batch, or `None` once the queue is closed and drained.
+    async fn recv(&mut self) -> Option<Received>;
+}

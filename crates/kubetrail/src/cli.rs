@@ -1,0 +1,95 @@
+//! Command-line interface. Every flag with a config file equivalent also reads a
+//! `KUBETRAIL_*` environment variable; flags win over the environment, which wins over the
+//! config file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use kubetrail_export::OtlpProtocol;
+
+/// Turns the Kubernetes API server's audit log into distributed traces.
+#[derive(Debug, Parser)]
+#[command(name = "kubetrail", version, about, long_about = None)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options of every subcommand.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Log filter (tracing's EnvFilter syntax: `info`, `kubetrail=debug,warn`). Logs go to stderr.
+    #[arg(long, global = true, env = "KUBETRAIL_LOG", default_value = "warn")]
+    pub log_level: String,
+    /// Log format.
+    #[arg(long, global = true, env = "KUBETRAIL_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replay audit log files through the pipeline: to OTLP, to an OTLP/JSON file, or as a tree.
+    ///
+    /// Inputs are JSON lines of audit Events (what --audit-log-path writes), EventList JSON
+    /// (one per line or pretty-printed), gzip-compressed or not; `-` reads standard input.
+    /// Time is the events' own: windows and lingering follow their timestamps, so a replay is
+    /// deterministic.
+    Replay(ReplayArgs),
+}
+
+/// Options shared by every command that runs the pipeline.
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    /// Config file (YAML): filter, linker, aggregation and export settings.
+    #[arg(long, env = "KUBETRAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Cluster name put on every span (config: `cluster`).
+    #[arg(long, env = "KUBETRAIL_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Trace window: one trace per object family per window (config: `aggregate.window`).
+    #[arg(long, env = "KUBETRAIL_WINDOW", value_parser = humantime::parse_duration)]
+    pub window: Option<Duration>,
+    /// How long a family stays quiet before its object spans are emitted (config: `aggregate.linger`).
+    #[arg(long, env = "KUBETRAIL_LINGER", value_parser = humantime::parse_duration)]
+    pub linger: Option<Duration>,
+    /// OTLP endpoint, e.g. http://jaeger:4317 for gRPC, http://jaeger:4318 for HTTP (config: `export.otlp.endpoint`).
+    #[arg(long, env = "KUBETRAIL_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc, or http (HTTP/protobuf) (config: `export.otlp.protocol`).
+    #[arg(long, env = "KUBETRAIL_OTLP_PROTOCOL")]
+    pub otlp_protocol: Option<OtlpProtocol>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Also write spans as OTLP/JSON, one ExportTraceServiceRequest per line (the OpenTelemetry Collector file-exporter format); `-` for stdout.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_json: Option<PathBuf>,
+    /// Print each trace as an indented tree on stdout when done.
+    #[arg(long)]
+    pub tree: bool,
+    /// Give up exporting a batch after this long and count its spans as dropped (default for replay: 2m; `0s` retries forever).
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
+    pub export_timeout: Duration,
+    /// No progress bar (it is shown only when stderr is a terminal anyway).
+    #[arg(long)]
+    pub no_progress: bool,
+    /// Audit log files (`-` for stdin).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<String>,
+}

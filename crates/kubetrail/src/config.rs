@@ -1,0 +1,236 @@
+//! The config file, and how flags and environment variables override it.
+//!
+//! Precedence, highest first: command-line flag, environment variable (`KUBETRAIL_*`, shown
+//! in `--help`), config file (`--config`), built-in default. Every flag that has a config
+//! file key reads the same value, so the three agree.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use serde::Deserialize;
+
+use kubetrail_aggregate::AggregatorConfig;
+use kubetrail_export::{ExporterConfig, OtlpConfig, OtlpProtocol, RetryPolicy};
+use kubetrail_filter::FilterConfig;
+use kubetrail_link::LinkerConfig;
+use kubetrail_pipeline::{PipelineConfig, RequestConfig};
+
+/// The default cluster name when neither the flag, the environment nor the config names one.
+pub const DEFAULT_CLUSTER: &str = "default";
+
+/// The whole config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Cluster name given to events that do not say (`POST /audit`, replays).
+    pub cluster: Option<String>,
+    /// Which events become spans.
+    pub filter: FilterConfig,
+    /// Owner resolution.
+    pub link: LinkerConfig,
+    /// Windows, linger, limits.
+    pub aggregate: AggregatorConfig,
+    /// Merging of request stages.
+    pub requests: RequestConfig,
+    /// Where spans go.
+    pub export: ExportSection,
+}
+
+/// `export:` in the config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportSection {
+    /// OTLP destination.
+    pub otlp: Option<OtlpSection>,
+    /// Batching and queueing.
+    pub batch: BatchSection,
+    /// Retries.
+    pub retry: RetrySection,
+}
+
+/// `export.otlp:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OtlpSection {
+    /// `http://host:4317` (gRPC) or `http://host:4318` (HTTP).
+    pub endpoint: Option<String>,
+    /// `grpc` or `http` (`http/protobuf`).
+    pub protocol: Option<String>,
+    /// Extra headers (e.g. an auth token for a hosted backend).
+    pub headers: std::collections::BTreeMap<String, String>,
+    /// Per-request timeout.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Gzip request bodies.
+    pub gzip: bool,
+}
+
+impl Default for OtlpSection {
+    fn default() -> Self {
+        OtlpSection {
+            endpoint: None,
+            protocol: None,
+            headers: Default::default(),
+            timeout: Duration::from_secs(10),
+            gzip: false,
+        }
+    }
+}
+
+/// `export.batch:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchSection {
+    /// Spans per export request.
+    pub max_spans: usize,
+    /// Longest wait for a batch to fill.
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    /// Submissions queued before the pipeline waits (backpressure).
+    pub queue: usize,
+}
+
+impl Default for BatchSection {
+    fn default() -> Self {
+        let d = ExporterConfig::default();
+        BatchSection {
+            max_spans: d.max_batch_spans,
+            max_delay: d.max_batch_delay,
+            queue: d.queue_batches,
+        }
+    }
+}
+
+/// `export.retry:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetrySection {
+    /// First backoff.
+    #[serde(with = "humantime_serde")]
+    pub initial_backoff: Duration,
+    /// Largest backoff.
+    #[serde(with = "humantime_serde")]
+    pub max_backoff: Duration,
+    /// Give up on a batch after this long (counted as dropped); absent: never give up.
+    #[serde(with = "humantime_serde")]
+    pub max_elapsed: Option<Duration>,
+}
+
+impl Default for RetrySection {
+    fn default() -> Self {
+        let d = RetryPolicy::default();
+        RetrySection {
+            initial_backoff: d.initial_backoff,
+            max_backoff: d.max_backoff,
+            max_elapsed: d.max_elapsed,
+        }
+    }
+}
+
+impl Config {
+    /// Reads a config file; a missing path means the defaults.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+        let Some(path) = path else {
+            return Ok(Config::default());
+        };
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        serde_yaml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))
+    }
+
+    /// The pipeline's part of the configuration.
+    pub fn pipeline(&self) -> PipelineConfig {
+        PipelineConfig {
+            filter: self.filter.clone(),
+            link: self.link.clone(),
+            aggregate: self.aggregate.clone(),
+            requests: self.requests.clone(),
+        }
+    }
+
+    /// The exporter's batching and retry settings.
+    pub fn exporter(&self) -> ExporterConfig {
+        ExporterConfig {
+            max_batch_spans: self.export.batch.max_spans.max(1),
+            max_batch_delay: self.export.batch.max_delay,
+            queue_batches: self.export.batch.queue.max(1),
+            retry: RetryPolicy {
+                initial_backoff: self.export.retry.initial_backoff,
+                max_backoff: self.export.retry.max_backoff,
+                max_elapsed: self.export.retry.max_elapsed,
+            },
+        }
+    }
+
+    /// The OTLP destination after applying flag/env overrides, if any is configured.
+    pub fn otlp(
+        &self,
+        endpoint: Option<&str>,
+        protocol: Option<OtlpProtocol>,
+    ) -> anyhow::Result<Option<OtlpConfig>> {
+        let section = self.export.otlp.clone().unwrap_or_default();
+        let Some(endpoint) = endpoint.map(str::to_owned).or(section.endpoint.clone()) else {
+            return Ok(None);
+        };
+        let protocol = match (protocol, &section.protocol) {
+            (Some(p), _) => p,
+            (None, Some(p)) => p
+                .parse()
+                .context("export.otlp.protocol in the config file")?,
+            (None, None) => OtlpProtocol::Grpc,
+        };
+        Ok(Some(OtlpConfig {
+            endpoint,
+            protocol,
+            timeout: section.timeout,
+            headers: section.headers.into_iter().collect(),
+            gzip: section.gzip,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/kubetrail.yaml");
+        let c = Config::load(Some(&path)).unwrap();
+        assert_eq!(c.cluster.as_deref(), Some("prod-eu1"));
+        assert_eq!(c.aggregate.window, Duration::from_secs(1800));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected_with_their_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("c.yaml");
+        std::fs::write(&p, "aggregate:\n  windw: 10m\n").unwrap();
+        let err = format!("{:#}", Config::load(Some(&p)).unwrap_err());
+        assert!(err.contains("windw"), "{err}");
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let c: Config = serde_yaml::from_str(
+            "export:\n  otlp:\n    endpoint: http://a:4317\n    protocol: grpc\n",
+        )
+        .unwrap();
+        let o = c.otlp(None, None).unwrap().unwrap();
+        assert_eq!(
+            (o.endpoint.as_str(), o.protocol),
+            ("http://a:4317", OtlpProtocol::Grpc)
+        );
+        let o = c
+            .otlp(Some("http://b:4318"), Some(OtlpProtocol::Http))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (o.endpoint.as_str(), o.protocol),
+            ("http://b:4318", OtlpProtocol::Http)
+        );
+        assert!(Config::default().otlp(None, None).unwrap().is_none());
+    }
+}

@@ -1,0 +1,54 @@
+//! `kubetrail`: Kubernetes audit log → distributed traces.
+//!
+//! Subcommands share one pipeline (`kubetrail-pipeline`) and one exporter
+//! (`kubetrail-export`); they differ in where events come from.
+
+#![forbid(unsafe_code)]
+
+mod cli;
+mod config;
+mod replay;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_logging(&cli.global);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("kubetrail: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            cli::Command::Replay(args) => replay::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kubetrail: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(g: &cli::GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&g.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if g.log_format == cli::LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

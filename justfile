@@ -1,0 +1,31 @@
+# Developer tasks. Nothing here is needed to build or test: README.md's commands use cargo only.
+
+# List recipes.
+default:
+    @just --list
+
+# Replay the example rollout, print the trees, write OTLP/JSON.
+demo:
+    cargo run --release -- replay --tree --otlp-json out/rollout.otlp.jsonl examples/rollout.audit.log
+
+# The whole test suite (what CI runs after fmt and clippy).
+test:
+    cargo test --workspace
+
+# Format and lint as CI does.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# What CI runs.
+ci:
+    bash .ci/run
+
+# Benchmarks (criterion), then a summary of the figures.
+bench:
+    cargo bench -p kubetrail-benches
+    cargo run --release -p kubetrail-benches --bin bench-summary
+
+# Regenerate the example dump from the generator.
+example-dump:
+    cargo run -p kubetrail-gen --example write_rollout > examples/rollout.audit.log
