@@ -75,10 +75,30 @@ pub struct Placement {
     pub ancestors: Vec<ObjectRef>,
     /// The object's kind, when a body said it.
     pub kind: Option<String>,
+    /// Whether the request created the object (a `create` of the object itself, not of a
+    /// subresource or of an Event about it).
+    pub creates: bool,
     /// Whether the request deleted the object (a successful `delete`).
     pub deletes: bool,
     /// Whether the request was never seen complete (only earlier stages arrived).
     pub incomplete: bool,
+    /// Set when the request created or updated a Kubernetes Event about `object`.
+    pub kube_event: Option<KubeEvent>,
+}
+
+/// What a Kubernetes Event (core/v1 or events.k8s.io/v1) said about an object.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KubeEvent {
+    /// `reason` (`Scheduled`, `BackOff`, `FailedMount`).
+    pub reason: String,
+    /// `message` (core/v1) or `note` (events.k8s.io/v1).
+    pub message: String,
+    /// `Normal` or `Warning`.
+    pub kind: String,
+    /// How many times it happened (`count`, or `series.count`).
+    pub count: Option<i64>,
+    /// The component that reported it.
+    pub reporter: Option<String>,
 }
 
 /// Counters the aggregator keeps.
@@ -293,7 +313,7 @@ impl Aggregator {
             if i == 0 {
                 let uid_changed =
                     matches!((&st.object.uid, &obj.uid), (Some(a), Some(b)) if a != b);
-                let recreate = uid_changed || (st.deleted && event.verb == "create");
+                let recreate = uid_changed || (st.deleted && place.creates);
                 if recreate {
                     recreated = Some(obj);
                 } else if obj.uid.is_some() {
@@ -555,6 +575,34 @@ fn request_span(
     if place.incomplete {
         attrs::push(&mut a, "kubetrail.audit.incomplete", true);
     }
+    let mut name = request_name(event);
+    let mut events = vec![];
+    if let Some(k) = &place.kube_event {
+        // A Kubernetes Event about the object: named by its reason, Warnings stand out.
+        name = if k.reason.is_empty() {
+            "event".to_owned()
+        } else {
+            format!("event {}", k.reason)
+        };
+        attrs::push(&mut a, "k8s.event.reason", k.reason.as_str());
+        attrs::push(&mut a, "kubetrail.event.type", k.kind.as_str());
+        attrs::push(&mut a, "kubetrail.event.message", k.message.as_str());
+        if let Some(c) = k.count {
+            attrs::push(&mut a, "kubetrail.event.count", c);
+        }
+        if let Some(r) = &k.reporter {
+            attrs::push(&mut a, "kubetrail.event.reporter", r.as_str());
+        }
+        events.push(kubetrail_model::SpanEventRecord {
+            time: start,
+            name: format!("{} {}", k.kind, k.reason),
+            attributes: vec![(
+                AttrKey::Borrowed("message"),
+                AttrValue::Str(k.message.clone()),
+            )],
+        });
+    }
+    let warning = place.kube_event.as_ref().filter(|k| k.kind == "Warning");
     let status = match event.response_code() {
         Some(code) if code >= 400 => {
             let st = event.response_status.as_ref();
@@ -569,20 +617,23 @@ fn request_span(
         _ if event.stage == kubetrail_model::Stage::Panic => {
             SpanStatus::Error("apiserver panic while serving the request".into())
         }
-        _ => SpanStatus::Unset,
+        _ => match warning {
+            Some(k) => SpanStatus::Error(format!("Warning {}: {}", k.reason, k.message)),
+            None => SpanStatus::Unset,
+        },
     };
     SpanRecord {
         trace_id,
         span_id: ids::request_span_id(&place.cluster, &event.audit_id),
         parent_span_id: Some(parent),
-        name: request_name(event),
+        name,
         kind: SpanKind::Request,
         start,
         end,
         service: actor.component,
         cluster: place.cluster.clone(),
         attributes: a,
-        events: vec![],
+        events,
         links: vec![],
         status,
     }

@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod kube_event;
 mod stages;
 
 use std::collections::BTreeMap;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use kubetrail_aggregate::{Aggregator, AggregatorConfig, AggregatorStats, Placement};
+
 use kubetrail_filter::{EventFilter, FilterConfig, Verdict};
 use kubetrail_link::{Linker, LinkerConfig};
 use kubetrail_model::{AuditEvent, ObjectHead, ObjectRef, SpanRecord, UnixNanos};
@@ -68,12 +70,19 @@ pub struct PipelineStats {
     pub filtered: BTreeMap<&'static str, u64>,
     /// Stages of a request already turned into a span (repeats, later stages).
     pub duplicates: u64,
+    /// Earlier stages (RequestReceived, ResponseStarted) folded into their final stage.
+    pub stages_merged: u64,
     /// Requests released without a final stage.
     pub incomplete: u64,
     /// Requests with no usable timestamp (counted, not exported).
     pub untimed: u64,
     /// Requests placed on the collection rather than one object (no name known).
     pub on_collection: u64,
+    /// Kubernetes Events placed on the object they are about.
+    pub kube_events: u64,
+    /// Kubernetes Event requests that named no object we could find (deletes of Events,
+    /// patches of Events never seen created): counted, not exported.
+    pub kube_events_unplaced: u64,
     /// Aggregation counters.
     pub aggregate: AggregatorStats,
 }
@@ -93,6 +102,7 @@ pub struct Pipeline {
     aggregator: Aggregator,
     stats: PipelineStats,
     released: Vec<(String, AuditEvent)>,
+    kube_events: kube_event::EventIndex,
 }
 
 /// Kinds of bodies that are not the object a request was about.
@@ -119,6 +129,7 @@ impl Pipeline {
             aggregator: Aggregator::new(config.aggregate),
             stats: PipelineStats::default(),
             released: Vec::new(),
+            kube_events: kube_event::EventIndex::new(50_000),
         }
     }
 
@@ -126,6 +137,7 @@ impl Pipeline {
     pub fn stats(&self) -> PipelineStats {
         let mut s = self.stats.clone();
         s.aggregate = self.aggregator.stats().clone();
+        s.stages_merged = self.merger.merged();
         s
     }
 
@@ -188,6 +200,36 @@ impl Pipeline {
         self.aggregator.finish(out);
     }
 
+    /// A Kubernetes Event goes on the span of the object it is about.
+    fn process_kube_event(
+        &mut self,
+        cluster: &str,
+        event: &AuditEvent,
+        incomplete: bool,
+        out: &mut Vec<SpanRecord>,
+    ) {
+        let Some((mut about, info)) = self.kube_events.place(event) else {
+            // An Event we cannot tie to an object (a delete, a patch of one never seen
+            // created): counted, nothing to show.
+            self.stats.kube_events_unplaced += 1;
+            return;
+        };
+        self.stats.kube_events += 1;
+        self.linker.observe(&mut about, None);
+        let ancestors = self.linker.ancestors(&about);
+        let place = Placement {
+            cluster: cluster.to_owned(),
+            object: about,
+            ancestors,
+            kind: None,
+            creates: false,
+            deletes: false,
+            incomplete,
+            kube_event: Some(info),
+        };
+        self.aggregator.add_request(event, place, out);
+    }
+
     fn process(
         &mut self,
         cluster: &str,
@@ -200,6 +242,10 @@ impl Pipeline {
         }
         if event.start_time().is_none() {
             self.stats.untimed += 1;
+            return;
+        }
+        if kube_event::is_event_request(event) {
+            self.process_kube_event(cluster, event, incomplete, out);
             return;
         }
         let sub = event
@@ -241,8 +287,10 @@ impl Pipeline {
             object,
             ancestors,
             kind: head.as_ref().and_then(|h| h.kind.clone()),
+            creates: event.verb == "create" && sub.is_none(),
             deletes: event.verb == "delete" && (200..300).contains(&code) && sub.is_none(),
             incomplete,
+            kube_event: None,
         };
         self.aggregator.add_request(event, place, out);
     }

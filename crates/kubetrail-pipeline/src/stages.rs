@@ -35,6 +35,7 @@ pub struct StageMerger {
     timeout: i64,
     max_pending: usize,
     seq: u64,
+    merged: u64,
 }
 
 impl StageMerger {
@@ -49,7 +50,13 @@ impl StageMerger {
             timeout,
             max_pending: max_pending.max(1),
             seq: 0,
+            merged: 0,
         }
+    }
+
+    /// Earlier stages folded into their request's final stage so far.
+    pub fn merged(&self) -> u64 {
+        self.merged
     }
 
     /// Requests waiting for their final stage.
@@ -70,6 +77,7 @@ impl StageMerger {
         }
         if event.stage.is_final() {
             if let Some((seq, held)) = self.pending.remove(&key) {
+                self.merged += 1;
                 self.by_time
                     .remove(&(held.start_time().unwrap_or(0), seq, key.clone()));
             }

@@ -9,17 +9,22 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use kubetrail_export::{
-    ExportReport, Exporter, ExporterHandle, OtlpJsonFileSink, OtlpSink, SpanSink, TreeOptions,
-    TreeSink,
+    ExportReport, Exporter, OtlpJsonFileSink, OtlpSink, SpanSink, TreeOptions, TreeSink,
 };
+use kubetrail_model::AuditEvent;
 use kubetrail_pipeline::{Pipeline, PipelineStats};
+use kubetrail_queue::AuditBatch;
+use kubetrail_queue::embedded::EmbeddedProducer;
 use kubetrail_source::{EventReader, Malformed};
+use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::{PipelineArgs, ReplayArgs};
 use crate::config::{Config, DEFAULT_CLUSTER};
 
-/// Spans handed to the exporter per submission.
-const SUBMIT_SPANS: usize = 1024;
+/// Events per batch published into the queue.
+const BATCH_EVENTS: usize = 1024;
+/// Events the replay queue holds (bounds memory between reading and processing).
+const QUEUE_EVENTS: usize = 32 * BATCH_EVENTS;
 /// Malformed records listed in the summary.
 const SHOWN_MALFORMED: usize = 10;
 
@@ -119,14 +124,32 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         ProgressBar::hidden()
     };
 
-    let pipeline_cfg = cfg.pipeline();
+    // The same path as a live server: a source publishes batches into the embedded queue and
+    // one worker runs the pipeline and exports. Replays do not tick: time is the events' own.
+    let (producer, consumer) = kubetrail_queue::embedded::channel(QUEUE_EVENTS);
+    let worker = Worker::new(
+        consumer,
+        Pipeline::new(cfg.pipeline()),
+        handle,
+        WorkerConfig {
+            tick: None,
+            ..Default::default()
+        },
+    );
+    let worker = tokio::spawn(worker.run(std::future::pending()));
+
     let rt = tokio::runtime::Handle::current();
     let reader_bar = bar.clone();
-    let outcome = tokio::task::spawn_blocking(move || {
-        read_all(readers, pipeline_cfg, &cluster, &handle, &rt, &reader_bar)
+    let mut outcome = tokio::task::spawn_blocking(move || {
+        read_all(readers, &cluster, producer, &rt, &reader_bar)
     })
     .await
     .context("the replay reader stopped unexpectedly")??;
+    let worker_report = worker
+        .await
+        .context("the pipeline worker stopped unexpectedly")?
+        .context("the exporter stopped")?;
+    outcome.stats = worker_report.pipeline;
     bar.finish_and_clear();
     let report = exporter
         .await
@@ -142,24 +165,26 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Reads every input in order and publishes the events in batches, waiting for room in the
+/// queue (backpressure from the pipeline and the exporter).
 fn read_all(
     readers: Vec<EventReader>,
-    config: kubetrail_pipeline::PipelineConfig,
     cluster: &str,
-    handle: &ExporterHandle,
+    producer: EmbeddedProducer,
     rt: &tokio::runtime::Handle,
     bar: &ProgressBar,
 ) -> anyhow::Result<ReadOutcome> {
-    let mut pipeline = Pipeline::new(config);
-    let mut out = Vec::with_capacity(SUBMIT_SPANS * 2);
     let mut o = ReadOutcome::default();
     let mut done_bytes = 0u64;
-    let submit = |out: &mut Vec<_>| -> anyhow::Result<()> {
-        // The Delivery is not awaited: the exporter's final report accounts for every span.
-        let _delivery = rt
-            .block_on(handle.submit(std::mem::take(out)))
-            .context("the exporter stopped")?;
-        Ok(())
+    let mut batch = Vec::with_capacity(BATCH_EVENTS);
+    let publish = |events: Vec<AuditEvent>| -> anyhow::Result<()> {
+        let batch = AuditBatch {
+            cluster: cluster.to_owned(),
+            events,
+            ..Default::default()
+        };
+        rt.block_on(producer.publish_wait(batch))
+            .context("the pipeline stopped")
     };
     for reader in readers {
         let progress = reader.progress();
@@ -168,11 +193,12 @@ fn read_all(
             match rec {
                 Ok(Ok(event)) => {
                     o.events += 1;
-                    pipeline.push(cluster, event, &mut out);
-                    if out.len() >= SUBMIT_SPANS {
-                        submit(&mut out)?;
-                    }
-                    if o.events % 4096 == 0 {
+                    batch.push(event);
+                    if batch.len() >= BATCH_EVENTS {
+                        publish(std::mem::replace(
+                            &mut batch,
+                            Vec::with_capacity(BATCH_EVENTS),
+                        ))?;
                         bar.set_position(done_bytes + progress.load(Ordering::Relaxed));
                         bar.set_message(format!("{} events", o.events));
                     }
@@ -192,11 +218,9 @@ fn read_all(
         }
         done_bytes += progress.load(Ordering::Relaxed);
     }
-    pipeline.finish(&mut out);
-    if !out.is_empty() {
-        submit(&mut out)?;
+    if !batch.is_empty() {
+        publish(batch)?;
     }
-    o.stats = pipeline.stats();
     Ok(o)
 }
 
@@ -229,8 +253,15 @@ fn print_summary(o: &ReadOutcome, r: &ExportReport, elapsed: Duration) {
         }
     );
     eprintln!(
-        "  requests: {} spans ({} repeated stages merged, {} without a final stage, {} on collections, {} without timestamps)",
-        a.request_spans, s.duplicates, s.incomplete, s.on_collection, s.untimed
+        "  requests: {} spans ({} earlier stages merged, {} repeats dropped, {} without a final stage, {} on collections, {} without timestamps, {} Kubernetes Events placed on their objects, {} not placeable)",
+        a.request_spans,
+        s.stages_merged,
+        s.duplicates,
+        s.incomplete,
+        s.on_collection,
+        s.untimed,
+        s.kube_events,
+        s.kube_events_unplaced
     );
     eprintln!(
         "  objects: {} spans in {} family segments ({} continued, {} recreated objects)",

@@ -138,20 +138,33 @@ fn assert_rollout_traces(spans: &[ReceivedSpan], stream: &GeneratedStream) {
                 );
             }
         }
-        // Its requests are its children.
+        // Its requests are its children (and so are the Kubernetes Events about it).
         let children: Vec<_> = requests
             .iter()
             .filter(|r| r.trace_id == s.trace_id && r.parent_span_id.as_ref() == Some(&s.span_id))
+            .filter(|r| !r.attributes.contains_key("k8s.event.reason"))
             .collect();
         assert_eq!(children.len(), t.requests, "requests of {}", t.name);
         for r in children {
             assert!(s.start_unix_nano <= r.start_unix_nano && r.end_unix_nano <= s.end_unix_nano);
         }
     }
+    // Kubernetes Events are on the objects they are about, in the rollout's trace.
+    let kube_events: Vec<_> = requests
+        .iter()
+        .filter(|r| r.attributes.contains_key("k8s.event.reason"))
+        .collect();
+    assert_eq!(kube_events.len(), truth.kube_events);
+    for k in &kube_events {
+        assert_eq!(k.trace_id, root.trace_id);
+        assert!(k.name.starts_with("event "), "{}", k.name);
+        let parent = by_id[&(k.trace_id.as_str(), k.parent_span_id.as_deref().unwrap())];
+        assert_eq!(parent.kind, OBJECT_KIND);
+    }
     // Every mutating request of the rollout is one span, named and attributed.
     let rollout_requests: Vec<_> = requests
         .iter()
-        .filter(|r| r.trace_id == root.trace_id)
+        .filter(|r| r.trace_id == root.trace_id && !r.attributes.contains_key("k8s.event.reason"))
         .collect();
     assert_eq!(rollout_requests.len(), truth.mutating_requests);
     let audit_ids: BTreeSet<_> = rollout_requests
