@@ -14,6 +14,11 @@
 //! * [`parse_otlp_json_lines`]: reads the OpenTelemetry Collector
 //!   file-exporter format (one OTLP/JSON request per line), so tests of file
 //!   output can make the same assertions as tests of network output.
+//! * [`ApiServerClient`]: the other end of the audit webhook — a client that
+//!   behaves like kube-apiserver's batch webhook backend (EventList batches,
+//!   retries with exponential backoff on non-2xx, bearer token, TLS with a
+//!   custom CA and client certificate, gzip), so the receiver is tested
+//!   against the retry behaviour it is designed for.
 //!
 //! It is a test library: never a dependency of production code.
 #![forbid(unsafe_code)]
@@ -21,11 +26,17 @@
 
 mod receiver;
 mod span;
+mod webhook;
 
 pub use receiver::{OtlpReceiver, ReceivedRequest};
 pub use span::{
     Protocol, ReceivedSpan, any_value_to_json, any_value_to_string, attributes_to_map, flatten,
     parse_otlp_json, parse_otlp_json_lines,
+};
+
+pub use webhook::{
+    ApiServerClient, BatchOutcome, DEFAULT_BATCH_SIZE, DEFAULT_INITIAL_BACKOFF,
+    DEFAULT_MAX_RETRIES, RawResponse, SendReport, event_list,
 };
 
 /// Re-export of the protocol crate this receiver is built on, so tests can

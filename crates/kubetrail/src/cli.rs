@@ -48,6 +48,12 @@ pub enum Command {
     /// Time is the events' own: windows and lingering follow their timestamps, so a replay is
     /// deterministic.
     Replay(ReplayArgs),
+    /// All in one: the audit webhook, an embedded queue, the pipeline and the exporter.
+    ///
+    /// Point kube-apiserver's --audit-webhook-config-file at it (see deploy/apiserver/).
+    /// Answers 200 once a batch is queued, 503 + Retry-After when it cannot take more (the API
+    /// server retries), and drains the queue and flushes the exporter on SIGTERM.
+    Serve(ServeArgs),
 }
 
 /// Options shared by every command that runs the pipeline.
@@ -92,4 +98,44 @@ pub struct ReplayArgs {
     /// Audit log files (`-` for stdin).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<String>,
+}
+
+/// Webhook listener options (`serve`, `receive`).
+#[derive(Debug, Args)]
+pub struct WebhookArgs {
+    /// Address to listen on for the API server's audit webhook (config: `server.listen`).
+    #[arg(long, env = "KUBETRAIL_LISTEN")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// TLS certificate (PEM) (config: `server.tls.cert`).
+    #[arg(long, env = "KUBETRAIL_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) (config: `server.tls.key`).
+    #[arg(long, env = "KUBETRAIL_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA bundle (PEM) that client certificates must chain to; enables mTLS authentication (config: `server.tls.client_ca`).
+    #[arg(long, env = "KUBETRAIL_CLIENT_CA", requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+    /// File of accepted bearer tokens, one per line (config: `server.token_file`).
+    #[arg(long, env = "KUBETRAIL_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Allow listening on a non-loopback address without any authentication (config: `server.insecure`).
+    #[arg(long, env = "KUBETRAIL_INSECURE")]
+    pub insecure: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+    /// Also write spans as OTLP/JSON lines to this file.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_json: Option<PathBuf>,
+    /// Events the embedded queue holds before the webhook answers 503 (config: `queue.events`).
+    #[arg(long, env = "KUBETRAIL_QUEUE_EVENTS")]
+    pub queue_events: Option<usize>,
+    /// How long shutdown may take to drain the queue and flush the exporter (config: `shutdown_timeout`).
+    #[arg(long, env = "KUBETRAIL_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
 }

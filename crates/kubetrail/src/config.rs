@@ -35,6 +35,67 @@ pub struct Config {
     pub requests: RequestConfig,
     /// Where spans go.
     pub export: ExportSection,
+    /// The audit webhook (`serve`, `receive`).
+    pub server: ServerSection,
+    /// The embedded queue (`serve`).
+    pub queue: QueueSection,
+    /// How long shutdown may take to drain and flush.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+/// `server:` in the config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerSection {
+    /// Listen address (default 127.0.0.1:8443).
+    pub listen: Option<std::net::SocketAddr>,
+    /// TLS.
+    pub tls: Option<TlsSection>,
+    /// Bearer tokens file.
+    pub token_file: Option<std::path::PathBuf>,
+    /// Allow a non-loopback address without auth.
+    pub insecure: bool,
+    /// Largest accepted body (also after gzip decompression), bytes.
+    pub max_body_bytes: Option<usize>,
+    /// Most items per EventList.
+    pub max_batch_items: Option<usize>,
+    /// Slow-client protection: time to send the request headers.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Option<Duration>,
+    /// Slow-client protection: time to send the body.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Option<Duration>,
+    /// Answer 503 once the exporter has been failing this long (accepting more would only
+    /// fill the queue).
+    #[serde(with = "humantime_serde")]
+    pub export_failure_threshold: Option<Duration>,
+}
+
+/// `server.tls:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsSection {
+    /// Certificate chain (PEM).
+    pub cert: Option<std::path::PathBuf>,
+    /// Private key (PEM).
+    pub key: Option<std::path::PathBuf>,
+    /// CA for client certificates (PEM).
+    pub client_ca: Option<std::path::PathBuf>,
+}
+
+/// `queue:`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueSection {
+    /// Capacity of the embedded queue, in events (queued or being processed).
+    pub events: usize,
+}
+
+impl Default for QueueSection {
+    fn default() -> Self {
+        QueueSection { events: 100_000 }
+    }
 }
 
 /// `export:` in the config file.

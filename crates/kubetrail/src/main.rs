@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod replay;
+mod serve;
 
 use std::process::ExitCode;
 
@@ -29,6 +30,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             cli::Command::Replay(args) => replay::run(args).await,
+            cli::Command::Serve(args) => serve::run(args).await,
         }
     });
     match result {

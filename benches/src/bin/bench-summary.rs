@@ -1,0 +1,106 @@
+//! Prints the figures behind the product targets, measured once each on this machine:
+//! replay throughput against a bare serde_json parse of the same generated dump, and the
+//! replay's peak memory on a small and a large input (it must be bounded by configuration,
+//! not by input size). `just bench` runs it after the criterion benches.
+//!
+//! Usage: `bench-summary [--namespaces N]`; internally re-invokes itself as
+//! `bench-summary replay-only FILE` so each memory measurement has a fresh process.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use kubetrail_benches::{bare_parse, decode, pipeline, pipeline_encoded, volume};
+
+fn peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn best_of<T>(n: usize, mut f: impl FnMut() -> T) -> (Duration, T) {
+    let mut best = Duration::MAX;
+    let mut last = None;
+    for _ in 0..n {
+        let t = Instant::now();
+        let v = f();
+        best = best.min(t.elapsed());
+        last = Some(v);
+    }
+    (best, last.expect("n > 0"))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("replay-only") {
+        // Child: stream a file through the pipeline and report the peak RSS.
+        let file = args.get(2).context("replay-only FILE")?;
+        let spans = kubetrail_benches::pipeline_file(file)?;
+        println!("{spans} {}", peak_rss_kib());
+        return Ok(());
+    }
+    let namespaces: u32 = args
+        .iter()
+        .position(|a| a == "--namespaces")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let input = volume(namespaces);
+    let mb = input.len() as f64 / 1e6;
+    let lines = input.iter().filter(|b| **b == b'\n').count() as f64;
+    println!(
+        "kubetrail bench summary: generated dump of {lines} events, {mb:.1} MB ({namespaces} namespaces)"
+    );
+    let (t_bare, _) = best_of(3, || bare_parse(&input));
+    let (t_decode, _) = best_of(3, || decode(&input));
+    let (t_pipe, spans) = best_of(3, || pipeline(&input));
+    let (t_enc, bytes) = best_of(3, || pipeline_encoded(&input));
+    let row = |name: &str, t: Duration| {
+        println!(
+            "  {name:<38} {:>8.1} ms  {:>7.1} MB/s  {:>9.0} events/s  {:>5.2}× bare parse",
+            t.as_secs_f64() * 1e3,
+            mb / t.as_secs_f64(),
+            lines / t.as_secs_f64(),
+            t.as_secs_f64() / t_bare.as_secs_f64()
+        );
+    };
+    row("bare serde_json::Value parse", t_bare);
+    row("decode into AuditEvent", t_decode);
+    row("decode + pipeline", t_pipe);
+    row("decode + pipeline + OTLP encode", t_enc);
+    println!(
+        "  ({spans} spans, {:.1} MB of OTLP protobuf)",
+        bytes as f64 / 1e6
+    );
+
+    // Memory: the same pipeline over a small and a 4× larger dump, each in a fresh process.
+    let dir = std::env::temp_dir().join("kubetrail-bench");
+    std::fs::create_dir_all(&dir)?;
+    for ns in [namespaces / 4, namespaces] {
+        let path = dir.join(format!("volume-{ns}.jsonl"));
+        std::fs::write(&path, volume(ns.max(1)))?;
+        let out = Command::new(std::env::current_exe()?)
+            .arg("replay-only")
+            .arg(&path)
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let v: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        if let [spans, peak] = v[..] {
+            let size = std::fs::metadata(&path)?.len() as f64 / 1e6;
+            println!(
+                "  memory: streaming a {size:>6.1} MB dump through the pipeline ({spans} spans): peak RSS {:.1} MiB",
+                peak as f64 / 1024.0
+            );
+        }
+    }
+    Ok(())
+}

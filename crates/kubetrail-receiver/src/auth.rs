@@ -1,0 +1,223 @@
+//! Bearer tokens and client certificates.
+
+use std::path::Path;
+
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use subtle::ConstantTimeEq as _;
+
+use crate::ReceiverError;
+
+/// What a connection learned during the TLS handshake; inserted into every request's
+/// extensions by the server.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnInfo {
+    /// The peer.
+    pub remote: std::net::SocketAddr,
+    /// A client certificate was presented and verified against the client CA.
+    pub client_cert_verified: bool,
+}
+
+/// The configured credentials.
+#[derive(Clone, Default)]
+pub(crate) struct Auth {
+    tokens: Vec<Vec<u8>>,
+    client_ca: bool,
+}
+
+impl std::fmt::Debug for Auth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auth")
+            .field("tokens", &self.tokens.len())
+            .field("client_ca", &self.client_ca)
+            .finish()
+    }
+}
+
+/// Why a request was not authenticated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denied {
+    /// No usable credential: 401.
+    Missing,
+    /// A bearer token that is not one of ours: 403.
+    Invalid,
+}
+
+impl Auth {
+    pub(crate) fn new(tokens: Vec<String>, client_ca: bool) -> Self {
+        Auth {
+            tokens: tokens.into_iter().map(String::into_bytes).collect(),
+            client_ca,
+        }
+    }
+
+    /// Whether any credential is required.
+    pub(crate) fn required(&self) -> bool {
+        !self.tokens.is_empty() || self.client_ca
+    }
+
+    /// Accepts a verified client certificate or a valid bearer token.
+    pub(crate) fn check(&self, headers: &HeaderMap, conn: Option<&ConnInfo>) -> Result<(), Denied> {
+        if !self.required() || conn.is_some_and(|c| c.client_cert_verified) {
+            return Ok(());
+        }
+        let Some(value) = headers.get(AUTHORIZATION) else {
+            return Err(Denied::Missing);
+        };
+        let Some(token) = bearer_token(value.as_bytes()) else {
+            return Err(Denied::Missing);
+        };
+        // Compare against every token, whatever matched, so the time taken does not tell
+        // which token (or how much of one) was right.
+        let mut ok = subtle::Choice::from(0);
+        for t in &self.tokens {
+            ok |= t.as_slice().ct_eq(token);
+        }
+        if bool::from(ok) {
+            Ok(())
+        } else {
+            Err(Denied::Invalid)
+        }
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = value.split_at_checked(6)?;
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let token = rest.trim_ascii();
+    // "Bearer" must be followed by whitespace ("Bearerxyz" is another scheme).
+    (rest.first().is_some_and(|b| *b == b' ' || *b == b'\t') && !token.is_empty()).then_some(token)
+}
+
+/// Reads one token per line; blank lines and `#` comments are ignored.
+pub(crate) fn load_tokens(path: &Path) -> Result<Vec<String>, ReceiverError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ReceiverError::TokenFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    let tokens: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_owned)
+        .collect();
+    if tokens.is_empty() {
+        return Err(ReceiverError::Empty {
+            what: "bearer tokens",
+            path: path.to_owned(),
+        });
+    }
+    Ok(tokens)
+}
+
+/// `[a-z0-9]([-a-z0-9]*[a-z0-9])?`, at most 63 characters (a DNS-1123 label).
+pub(crate) fn valid_cluster(name: &str) -> bool {
+    let b = name.as_bytes();
+    let alnum = |c: &u8| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !b.is_empty()
+        && b.len() <= 63
+        && b.iter().all(|c| alnum(c) || *c == b'-')
+        && b.first().is_some_and(alnum)
+        && b.last().is_some_and(alnum)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: Option<&str>) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        if let Some(a) = auth {
+            h.insert(AUTHORIZATION, a.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn tokens() {
+        let auth = Auth::new(vec!["alpha".into(), "beta-token".into()], false);
+        assert_eq!(auth.check(&headers(None), None), Err(Denied::Missing));
+        assert_eq!(
+            auth.check(&headers(Some("Basic dXNlcjpwYXNz")), None),
+            Err(Denied::Missing)
+        );
+        assert_eq!(
+            auth.check(&headers(Some("Bearer alph")), None),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            auth.check(&headers(Some("Bearer alphaa")), None),
+            Err(Denied::Invalid)
+        );
+        assert_eq!(
+            auth.check(&headers(Some("Bearerbeta-token")), None),
+            Err(Denied::Missing)
+        );
+        assert_eq!(auth.check(&headers(Some("Bearer alpha")), None), Ok(()));
+        assert_eq!(
+            auth.check(&headers(Some("bearer  beta-token ")), None),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn client_cert_or_nothing() {
+        let conn = |v| ConnInfo {
+            remote: "127.0.0.1:1".parse().unwrap(),
+            client_cert_verified: v,
+        };
+        let mtls = Auth::new(vec![], true);
+        assert_eq!(mtls.check(&headers(None), Some(&conn(true))), Ok(()));
+        assert_eq!(
+            mtls.check(&headers(None), Some(&conn(false))),
+            Err(Denied::Missing)
+        );
+        assert_eq!(
+            mtls.check(&headers(Some("Bearer x")), Some(&conn(false))),
+            Err(Denied::Invalid)
+        );
+        let open = Auth::default();
+        assert!(!open.required());
+        assert_eq!(open.check(&headers(None), None), Ok(()));
+    }
+
+    #[test]
+    fn token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("tokens");
+        std::fs::write(&p, "# comment\n\n  one  \ntwo\n   # indented comment\n").unwrap();
+        assert_eq!(load_tokens(&p).unwrap(), vec!["one", "two"]);
+        std::fs::write(&p, "# only comments\n\n").unwrap();
+        let err = load_tokens(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("tokens") && err.contains(&p.display().to_string()),
+            "{err}"
+        );
+        let missing = dir.path().join("missing");
+        let err = load_tokens(&missing).unwrap_err().to_string();
+        assert!(err.contains(&missing.display().to_string()), "{err}");
+    }
+
+    #[test]
+    fn cluster_names() {
+        for ok in ["a", "prod-eu-1", "0", &"a".repeat(63)] {
+            assert!(valid_cluster(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "Prod",
+            "a_b",
+            "a.b",
+            "a/b",
+            &"a".repeat(64),
+            "ä",
+        ] {
+            assert!(!valid_cluster(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,663 @@
+//! The axum router: `POST /audit[/{cluster}]`, probes and metrics.
+
+use std::io::Read as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::body::Body;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt as _;
+use kubetrail_model::AuditEvent;
+use kubetrail_queue::{AuditBatch, AuditProducer, PublishError};
+use kubetrail_source::{ItemError, decode_event_list};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::Readiness;
+use crate::auth::{Auth, ConnInfo, Denied, valid_cluster};
+use crate::metrics::{
+    BATCHES_REJECTED, EVENTS_ACCEPTED, EVENTS_RECEIVED, EVENTS_REJECTED, HTTP_DURATION,
+    HTTP_REQUESTS,
+};
+
+/// `Retry-After` when a readiness check fails.
+const NOT_READY_RETRY_AFTER: Duration = Duration::from_secs(5);
+/// Most bytes of an unwanted body read (and discarded) before answering an early rejection,
+/// so the client reads the answer instead of a connection reset; beyond it the connection
+/// is closed.
+const DRAIN_LIMIT: usize = 1024 * 1024;
+/// Longest time spent draining an unwanted body.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// Bodies larger than this (or gzip bodies larger than [`BLOCKING_GZIP_THRESHOLD`]) are
+/// decompressed and decoded on the blocking pool, not on a runtime worker.
+const BLOCKING_THRESHOLD: usize = 256 * 1024;
+/// See [`BLOCKING_THRESHOLD`].
+const BLOCKING_GZIP_THRESHOLD: usize = 16 * 1024;
+
+/// The body of a 200 answer to `POST /audit`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuditResponse {
+    /// Events published to the queue.
+    pub accepted: usize,
+    /// Items that were not valid audit events (not published; the rest were).
+    pub rejected: Vec<RejectedItem>,
+}
+
+/// An item of the `EventList` that was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedItem {
+    /// Zero-based index in `items`.
+    pub index: usize,
+    /// Why (the field that was missing or invalid).
+    pub reason: String,
+}
+
+/// Everything the handlers share.
+pub(crate) struct AppState {
+    pub default_cluster: String,
+    pub max_body_bytes: usize,
+    pub max_batch_items: usize,
+    pub body_read_timeout: Duration,
+    pub publish_timeout: Duration,
+    pub producer: Arc<dyn AuditProducer>,
+    pub readiness: Arc<dyn Readiness>,
+    pub auth: Auth,
+    pub metrics: Option<PrometheusHandle>,
+    /// Set once shutdown began: `/readyz` answers 503 so no new traffic is routed here.
+    pub draining: AtomicBool,
+}
+
+type Shared = Arc<AppState>;
+
+/// The router; every request must carry a [`ConnInfo`] extension (the server adds it).
+pub(crate) fn router(state: Shared) -> Router {
+    Router::new()
+        .route("/audit", post(audit_default))
+        .route("/audit/{cluster}", post(audit_cluster))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .fallback(not_found)
+        .layer(middleware::from_fn(record_http_metrics))
+        .with_state(state)
+}
+
+/// Counts every answer by route template (never the raw path: low cardinality).
+async fn record_http_metrics(req: Request, next: Next) -> Response {
+    let path = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let code = response.status().as_u16().to_string();
+    metrics::histogram!(HTTP_DURATION, "path" => path.clone())
+        .record(start.elapsed().as_secs_f64());
+    metrics::counter!(HTTP_REQUESTS, "path" => path, "code" => code).increment(1);
+    response
+}
+
+async fn not_found() -> Response {
+    (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// Liveness: the process is alive and serving.
+async fn healthz() -> Response {
+    (StatusCode::OK, "ok\n").into_response()
+}
+
+/// Readiness: the queue accepts and every [`Readiness`] check passes.
+async fn readyz(State(s): State<Shared>) -> Response {
+    let reason = if s.draining.load(Ordering::Acquire) {
+        Some("shutting down".to_owned())
+    } else {
+        not_ready(&s)
+    };
+    match reason {
+        None => (StatusCode::OK, "ok\n").into_response(),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics_text(State(s): State<Shared>) -> Response {
+    match &s.metrics {
+        Some(handle) => (
+            StatusCode::OK,
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            handle.render(),
+        )
+            .into_response(),
+        None => (StatusCode::NOT_FOUND, "metrics are not enabled\n").into_response(),
+    }
+}
+
+/// Why the receiver should not accept batches now, if it should not.
+fn not_ready(s: &AppState) -> Option<String> {
+    let health = s.producer.health();
+    if !health.ready {
+        return Some(
+            health
+                .reason
+                .unwrap_or_else(|| "the queue is not ready".to_owned()),
+        );
+    }
+    s.readiness.check().err()
+}
+
+/// `POST /audit`: a batch of the default cluster. See [`audit`].
+async fn audit_default(State(s): State<Shared>, req: Request) -> Response {
+    let cluster = s.default_cluster.clone();
+    audit(s, cluster, req).await
+}
+
+/// `POST /audit/{cluster}`: a batch of the named cluster. See [`audit`].
+async fn audit_cluster(
+    State(s): State<Shared>,
+    Path(cluster): Path<String>,
+    req: Request,
+) -> Response {
+    audit(s, cluster, req).await
+}
+
+/// Accepts one `EventList` from the API server's webhook backend.
+///
+/// Answers 200 only after the valid items were published to the queue. A malformed item
+/// does **not** reject the batch: the other items are published and the answer is 200 with
+/// the rejected items listed (`{"accepted":N,"rejected":[{"index":i,"reason":"..."}]}`),
+/// counted as `malformed_item` and logged at warn. A non-2xx answer would make the API
+/// server resend the whole batch, valid items included, again and again, while the bad item
+/// can never become valid.
+///
+/// Checks, in order: credentials (401/403), cluster name (400), content encoding (415),
+/// declared length (413), readiness (503), then reads the body within the body timeout (408)
+/// and size limit (413, also after decompression), decodes it (400 when not an `EventList`,
+/// 413 when it has too many items) and publishes within the publish timeout (503 +
+/// `Retry-After` on failure or timeout).
+async fn audit(s: Shared, cluster: String, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let rejection = match receive(&s, &cluster, &parts, body).await {
+        Ok(answer) => return Json(&answer).into_response(),
+        Err(r) => r,
+    };
+    metrics::counter!(BATCHES_REJECTED, "code" => rejection.status.as_u16().to_string())
+        .increment(1);
+    if let Some(reason) = rejection.events_reason
+        && rejection.events > 0
+    {
+        metrics::counter!(EVENTS_REJECTED, "cluster" => cluster.clone(), "reason" => reason)
+            .increment(rejection.events as u64);
+    }
+    let remote = parts.extensions.get::<ConnInfo>().map(|c| c.remote);
+    tracing::debug!(
+        cluster,
+        remote = ?remote,
+        status = rejection.status.as_u16(),
+        reason = %rejection.message,
+        "audit batch rejected"
+    );
+    rejection.into_response(parts.version)
+}
+
+async fn receive(
+    s: &AppState,
+    cluster: &str,
+    parts: &Parts,
+    body: Body,
+) -> Result<AuditResponse, Rejection> {
+    let started = Instant::now();
+    let conn = parts.extensions.get::<ConnInfo>();
+    if let Err(early) = admit(s, cluster, parts, conn) {
+        let drained = drain(body, &parts.headers, started + DRAIN_TIMEOUT).await;
+        return Err(early.close_unless(drained));
+    }
+    let gzip = is_gzip(&parts.headers);
+
+    let raw = read_body(
+        body,
+        s.max_body_bytes,
+        content_length(&parts.headers),
+        started + s.body_read_timeout,
+    )
+    .await?;
+
+    let limit = s.max_body_bytes;
+    let (events, errors) =
+        if raw.len() > BLOCKING_THRESHOLD || (gzip && raw.len() > BLOCKING_GZIP_THRESHOLD) {
+            tokio::task::spawn_blocking(move || decode(&raw, gzip, limit))
+                .await
+                .map_err(|e| {
+                    Rejection::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("decoding failed: {e}"),
+                    )
+                })??
+        } else {
+            decode(&raw, gzip, limit)?
+        };
+
+    let items = events.len() + errors.len();
+    metrics::counter!(EVENTS_RECEIVED, "cluster" => cluster.to_owned()).increment(items as u64);
+    if items > s.max_batch_items {
+        return Err(Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "the EventList has {items} items, more than the limit of {}",
+                s.max_batch_items
+            ),
+        )
+        .events(items, "too_many_items"));
+    }
+    let remote = conn.map(|c| c.remote);
+    for e in &errors {
+        tracing::warn!(
+            cluster,
+            remote = ?remote,
+            index = e.index,
+            reason = %e.reason,
+            "rejected a malformed audit event; the rest of the batch is accepted"
+        );
+    }
+    if !errors.is_empty() {
+        metrics::counter!(
+            EVENTS_REJECTED,
+            "cluster" => cluster.to_owned(),
+            "reason" => "malformed_item"
+        )
+        .increment(errors.len() as u64);
+    }
+
+    let accepted = events.len();
+    if accepted > 0 {
+        publish(s, cluster, remote, events).await?;
+        metrics::counter!(EVENTS_ACCEPTED, "cluster" => cluster.to_owned())
+            .increment(accepted as u64);
+    }
+    Ok(AuditResponse {
+        accepted,
+        rejected: errors
+            .into_iter()
+            .map(|ItemError { index, reason }| RejectedItem { index, reason })
+            .collect(),
+    })
+}
+
+/// The checks that need no body: credentials, cluster, encoding, declared size, readiness.
+fn admit(
+    s: &AppState,
+    cluster: &str,
+    parts: &Parts,
+    conn: Option<&ConnInfo>,
+) -> Result<(), Rejection> {
+    match s.auth.check(&parts.headers, conn) {
+        Ok(()) => {}
+        Err(Denied::Missing) => {
+            let mut r = Rejection::new(
+                StatusCode::UNAUTHORIZED,
+                "authentication required: present a bearer token or a client certificate"
+                    .to_owned(),
+            );
+            r.www_authenticate = true;
+            return Err(r);
+        }
+        Err(Denied::Invalid) => {
+            return Err(Rejection::new(
+                StatusCode::FORBIDDEN,
+                "the bearer token is not valid".to_owned(),
+            ));
+        }
+    }
+    if !valid_cluster(cluster) {
+        return Err(Rejection::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "invalid cluster name {cluster:?}: expected a lowercase DNS label \
+                 ([a-z0-9]([-a-z0-9]*[a-z0-9])?, at most 63 characters)"
+            ),
+        ));
+    }
+    if let Some(enc) = parts.headers.get(header::CONTENT_ENCODING) {
+        let enc = enc.to_str().unwrap_or("").trim();
+        let known = ["gzip", "x-gzip", "identity"]
+            .iter()
+            .any(|k| enc.eq_ignore_ascii_case(k));
+        if !known {
+            return Err(Rejection::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                format!("unsupported Content-Encoding {enc:?}: only gzip is accepted"),
+            ));
+        }
+    }
+    if let Some(len) = content_length(&parts.headers)
+        && len > s.max_body_bytes as u64
+    {
+        return Err(too_large(len, s.max_body_bytes));
+    }
+    if let Some(reason) = not_ready(s) {
+        let mut r = Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}"),
+        );
+        r.retry_after = Some(NOT_READY_RETRY_AFTER);
+        return Err(r);
+    }
+    Ok(())
+}
+
+async fn publish(
+    s: &AppState,
+    cluster: &str,
+    remote: Option<std::net::SocketAddr>,
+    events: Vec<AuditEvent>,
+) -> Result<(), Rejection> {
+    let n = events.len();
+    let batch = AuditBatch {
+        cluster: cluster.to_owned(),
+        received_at: now_unix_nanos(),
+        source: remote.map(|r| r.to_string()),
+        events,
+    };
+    let unavailable = |message: String, retry_after: Duration, reason: &'static str| {
+        let mut r = Rejection::new(StatusCode::SERVICE_UNAVAILABLE, message).events(n, reason);
+        r.retry_after = Some(retry_after);
+        r
+    };
+    match tokio::time::timeout(s.publish_timeout, s.producer.publish(batch)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            let reason = match &e {
+                PublishError::Full { .. } => "queue_full",
+                PublishError::TooLarge { .. } => "too_large",
+                PublishError::Unavailable { .. } => "unavailable",
+                PublishError::Closed => "closed",
+            };
+            if matches!(
+                e,
+                PublishError::TooLarge { .. } | PublishError::Unavailable { .. }
+            ) {
+                tracing::warn!(cluster, events = n, error = %e, "cannot publish an audit batch");
+            }
+            Err(unavailable(e.to_string(), e.retry_after(), reason))
+        }
+        Err(_) => {
+            tracing::warn!(
+                cluster,
+                events = n,
+                timeout = ?s.publish_timeout,
+                "publishing an audit batch timed out"
+            );
+            Err(unavailable(
+                format!(
+                    "publishing to the queue took longer than {:?}",
+                    s.publish_timeout
+                ),
+                s.publish_timeout,
+                "publish_timeout",
+            ))
+        }
+    }
+}
+
+/// Decompresses (when gzip) within `limit`, then decodes the `EventList`.
+fn decode(
+    raw: &[u8],
+    gzip: bool,
+    limit: usize,
+) -> Result<(Vec<AuditEvent>, Vec<ItemError>), Rejection> {
+    let inflated;
+    let json = if gzip {
+        inflated = gunzip(raw, limit)?;
+        inflated.as_slice()
+    } else {
+        raw
+    };
+    decode_event_list(json).map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason))
+}
+
+fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, Rejection> {
+    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
+    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
+    flate2::read::MultiGzDecoder::new(raw)
+        .take(cap)
+        .read_to_end(&mut out)
+        .map_err(|e| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!("the body is not valid gzip: {e}"),
+            )
+        })?;
+    if out.len() > limit {
+        return Err(Rejection::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the decompressed body is larger than the limit of {limit} bytes"),
+        ));
+    }
+    Ok(out)
+}
+
+fn is_gzip(headers: &HeaderMap) -> bool {
+    headers.get(header::CONTENT_ENCODING).is_some_and(|v| {
+        let v = v.to_str().unwrap_or("").trim();
+        v.eq_ignore_ascii_case("gzip") || v.eq_ignore_ascii_case("x-gzip")
+    })
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn too_large(len: u64, limit: usize) -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body ({len} bytes) is larger than the limit of {limit} bytes"),
+    )
+}
+
+/// Reads the whole body, failing past `limit` bytes (413) or `deadline` (408).
+async fn read_body(
+    mut body: Body,
+    limit: usize,
+    declared: Option<u64>,
+    deadline: Instant,
+) -> Result<Vec<u8>, Rejection> {
+    let initial = declared
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+        .min(limit);
+    let mut buf = Vec::with_capacity(initial);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(Rejection::new(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request body was not received in time".to_owned(),
+                )
+                .close_unless(false));
+            }
+            Ok(None) => return Ok(buf),
+            Ok(Some(Err(e))) => {
+                return Err(Rejection::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                )
+                .close_unless(false));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if data.len() > limit - buf.len() {
+                let seen = (buf.len() + data.len()) as u64;
+                let drained = drain(body, &HeaderMap::new(), deadline).await;
+                return Err(too_large(seen, limit).with_more().close_unless(drained));
+            }
+            buf.extend_from_slice(&data);
+        }
+    }
+}
+
+/// Reads and discards an unwanted body (bounded in size and time) so the client sees our
+/// answer rather than a reset; `false` when the connection should be closed instead.
+async fn drain(mut body: Body, headers: &HeaderMap, deadline: Instant) -> bool {
+    use axum::body::HttpBody as _;
+    if body.is_end_stream() {
+        return true;
+    }
+    // A client waiting for "100 Continue" has not sent the body; reading it would ask for it.
+    let expects_continue = headers
+        .get(header::EXPECT)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if expects_continue || content_length(headers).is_some_and(|n| n > DRAIN_LIMIT as u64) {
+        return false;
+    }
+    let deadline = deadline.min(Instant::now() + DRAIN_TIMEOUT);
+    let mut seen = 0usize;
+    loop {
+        match tokio::time::timeout_at(deadline, body.frame()).await {
+            Ok(None) => return true,
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    seen += data.len();
+                    if seen > DRAIN_LIMIT {
+                        return false;
+                    }
+                }
+            }
+            Ok(Some(Err(_))) | Err(_) => return false,
+        }
+    }
+}
+
+fn now_unix_nanos() -> kubetrail_model::UnixNanos {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// A `Retry-After` value: whole seconds, rounded up, at least 1.
+fn retry_after_secs(d: Duration) -> u64 {
+    let secs = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    secs.max(1)
+}
+
+/// A non-2xx answer to `POST /audit`.
+#[derive(Debug)]
+struct Rejection {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<Duration>,
+    www_authenticate: bool,
+    /// Close the (HTTP/1) connection after answering: the body was not read to its end.
+    close: bool,
+    /// Events counted as rejected, with the reason label.
+    events: usize,
+    events_reason: Option<&'static str>,
+}
+
+impl Rejection {
+    fn new(status: StatusCode, message: String) -> Self {
+        Rejection {
+            status,
+            message,
+            retry_after: None,
+            www_authenticate: false,
+            close: false,
+            events: 0,
+            events_reason: None,
+        }
+    }
+
+    fn events(mut self, n: usize, reason: &'static str) -> Self {
+        self.events = n;
+        self.events_reason = Some(reason);
+        self
+    }
+
+    fn close_unless(mut self, drained: bool) -> Self {
+        self.close = !drained;
+        self
+    }
+
+    fn with_more(mut self) -> Self {
+        self.message.push_str(" (or more)");
+        self
+    }
+
+    fn into_response(self, version: Version) -> Response {
+        #[derive(Serialize)]
+        struct ErrorBody<'a> {
+            error: &'a str,
+        }
+        let mut response = (
+            self.status,
+            Json(&ErrorBody {
+                error: &self.message,
+            }),
+        )
+            .into_response();
+        let h = response.headers_mut();
+        if let Some(d) = self.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs(d)));
+        }
+        if self.www_authenticate {
+            h.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kubetrail\""),
+            );
+        }
+        if self.close && version <= Version::HTTP_11 {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_rounds_up() {
+        assert_eq!(retry_after_secs(Duration::ZERO), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_secs(1)), 1);
+        assert_eq!(retry_after_secs(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_secs(Duration::from_secs(5)), 5);
+    }
+
+    #[test]
+    fn gzip_limit_applies_to_the_inflated_size() {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b' '; 100_000]).unwrap();
+        let small = enc.finish().unwrap();
+        assert!(small.len() < 1_000);
+        assert_eq!(gunzip(&small, 100_000).unwrap().len(), 100_000);
+        let err = gunzip(&small, 99_999).unwrap_err();
+        assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            gunzip(b"not gzip", 100).unwrap_err().status,
+            StatusCode::BAD_REQUEST
+        );
+    }
+}

@@ -1,0 +1,85 @@
+//! Metric names and the Prometheus recorder.
+
+use std::sync::{Mutex, PoisonError};
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+use crate::ReceiverError;
+
+/// HTTP requests by route template (`path`) and status `code`.
+pub(crate) const HTTP_REQUESTS: &str = "kubetrail_http_requests_total";
+/// Request latency by route template (`path`), in seconds.
+pub(crate) const HTTP_DURATION: &str = "kubetrail_http_request_duration_seconds";
+/// Items received in `EventList` bodies (valid or not), by `cluster`.
+pub(crate) const EVENTS_RECEIVED: &str = "kubetrail_events_received_total";
+/// Events published to the queue, by `cluster`.
+pub(crate) const EVENTS_ACCEPTED: &str = "kubetrail_events_accepted_total";
+/// Events not published, by `cluster` and `reason`.
+pub(crate) const EVENTS_REJECTED: &str = "kubetrail_events_rejected_total";
+/// Non-2xx answers to `POST /audit…`, by status `code`.
+pub(crate) const BATCHES_REJECTED: &str = "kubetrail_batches_rejected_total";
+
+/// Latency buckets (seconds) of [`HTTP_DURATION`]: the p99 target is 50 ms.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+static INSTALLED: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
+
+/// Installs a Prometheus recorder as the process-wide `metrics` recorder and returns its
+/// handle (pass it to [`Receiver::bind`](crate::Receiver::bind) to serve `GET /metrics`).
+///
+/// Idempotent: later calls return the handle of the recorder installed by the first. Fails if
+/// a different `metrics` recorder was installed first. The returned handle's
+/// [`run_upkeep`](PrometheusHandle::run_upkeep) should be called periodically; a serving
+/// [`Receiver`](crate::Receiver) given the handle does it.
+pub fn install_prometheus() -> Result<PrometheusHandle, ReceiverError> {
+    let mut installed = INSTALLED.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(handle) = installed.as_ref() {
+        return Ok(handle.clone());
+    }
+    let recorder = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(HTTP_DURATION.to_owned()), DURATION_BUCKETS)
+        .map_err(|e| ReceiverError::Metrics(e.to_string()))?
+        .build_recorder();
+    let handle = recorder.handle();
+    metrics::set_global_recorder(recorder).map_err(|e| {
+        ReceiverError::Metrics(format!(
+            "another metrics recorder is already installed ({e})"
+        ))
+    })?;
+    describe();
+    *installed = Some(handle.clone());
+    Ok(handle)
+}
+
+/// Registers help texts (only effective once a recorder is installed).
+fn describe() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        HTTP_REQUESTS,
+        "HTTP requests answered, by route template and status code."
+    );
+    describe_histogram!(
+        HTTP_DURATION,
+        Unit::Seconds,
+        "Time to answer an HTTP request, by route template."
+    );
+    describe_counter!(
+        EVENTS_RECEIVED,
+        "Audit events received in EventList bodies (valid or not), by cluster."
+    );
+    describe_counter!(
+        EVENTS_ACCEPTED,
+        "Audit events accepted into the queue, by cluster."
+    );
+    describe_counter!(
+        EVENTS_REJECTED,
+        "Audit events not accepted, by cluster and reason (malformed_item, queue_full, \
+         unavailable, too_large, closed, publish_timeout, too_many_items)."
+    );
+    describe_counter!(
+        BATCHES_REJECTED,
+        "Audit webhook requests answered with a non-2xx status, by status code."
+    );
+}

@@ -1,0 +1,225 @@
+//! `kubetrail serve`: webhook → embedded queue → worker → exporter, in one process.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kubetrail_export::{Exporter, ExporterHandle, OtlpJsonFileSink, OtlpSink, SpanSink};
+use kubetrail_pipeline::Pipeline;
+use kubetrail_queue::AuditProducer;
+use kubetrail_receiver::{Receiver, ReceiverConfig, TlsConfig};
+use kubetrail_worker::{Worker, WorkerConfig};
+
+use crate::cli::{ServeArgs, WebhookArgs};
+use crate::config::Config;
+use crate::replay::effective_config;
+
+/// Default listen address: loopback, so that a bare `kubetrail serve` is never exposed.
+pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+const DEFAULT_EXPORT_FAILURE_THRESHOLD: Duration = Duration::from_secs(30);
+
+/// The webhook settings: flags over environment over config file over defaults.
+pub(crate) fn receiver_config(
+    args: &WebhookArgs,
+    cfg: &Config,
+    cluster: &str,
+) -> anyhow::Result<ReceiverConfig> {
+    let s = &cfg.server;
+    let mut rc = ReceiverConfig {
+        default_cluster: cluster.to_owned(),
+        insecure: args.insecure || s.insecure,
+        ..ReceiverConfig::default()
+    };
+    rc.listen = match args.listen.or(s.listen) {
+        Some(a) => a,
+        None => DEFAULT_LISTEN.parse().context("default listen address")?,
+    };
+    let tls = s.tls.clone().unwrap_or_default();
+    let cert = args.tls_cert.clone().or(tls.cert);
+    let key = args.tls_key.clone().or(tls.key);
+    rc.tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            cert,
+            key,
+            client_ca: args.client_ca.clone().or(tls.client_ca),
+        }),
+        (None, None) => {
+            if args.client_ca.is_some() || tls.client_ca.is_some() {
+                anyhow::bail!("a client CA needs TLS: give --tls-cert and --tls-key too");
+            }
+            None
+        }
+        _ => anyhow::bail!(
+            "TLS needs both a certificate and a key (server.tls.cert and server.tls.key)"
+        ),
+    };
+    rc.token_file = args.token_file.clone().or(s.token_file.clone());
+    if let Some(v) = s.max_body_bytes {
+        rc.max_body_bytes = v;
+    }
+    if let Some(v) = s.max_batch_items {
+        rc.max_batch_items = v;
+    }
+    if let Some(v) = s.header_read_timeout {
+        rc.header_read_timeout = v;
+    }
+    if let Some(v) = s.body_read_timeout {
+        rc.body_read_timeout = v;
+    }
+    Ok(rc)
+}
+
+/// Readiness of the export side: not ready once deliveries have been failing for longer than
+/// `threshold` (accepting more would only fill the queue and, eventually, lose data).
+pub(crate) fn export_readiness(
+    handle: ExporterHandle,
+    threshold: Duration,
+) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+    move || {
+        let h = handle.health();
+        match h.failing_for {
+            Some(d) if d >= threshold => Err(format!(
+                "the span exporter has been failing for {}s: {}",
+                d.as_secs(),
+                h.last_error.unwrap_or_default()
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Registers SIGTERM and SIGINT handlers now (so a signal arriving at any time after start-up
+/// is caught) and returns a future that resolves on the first of them.
+pub(crate) fn shutdown_signal()
+-> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot listen for SIGINT")?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        tracing::info!(
+            signal = name,
+            "shutting down: no longer accepting audit events"
+        );
+        eprintln!("kubetrail: {name} received: draining the queue and flushing the exporter");
+    })
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal()?;
+    let (cfg, cluster) = effective_config(&args.pipeline)?;
+    let metrics =
+        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
+    kubetrail_export::describe_metrics();
+
+    let mut sinks: Vec<Box<dyn SpanSink>> = Vec::new();
+    if let Some(otlp) = cfg.otlp(
+        args.pipeline.otlp_endpoint.as_deref(),
+        args.pipeline.otlp_protocol,
+    )? {
+        sinks.push(Box::new(
+            OtlpSink::new(otlp).context("cannot set up the OTLP exporter")?,
+        ));
+    }
+    if let Some(path) = &args.otlp_json {
+        sinks.push(Box::new(
+            OtlpJsonFileSink::append(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ));
+    }
+    if sinks.is_empty() {
+        anyhow::bail!(
+            "nothing to send spans to: give --otlp-endpoint or --otlp-json (or export.otlp in --config)"
+        );
+    }
+    let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
+
+    let queue_events = args.queue_events.unwrap_or(cfg.queue.events);
+    let (producer, consumer) = kubetrail_queue::embedded::channel(queue_events);
+    let threshold = cfg
+        .server
+        .export_failure_threshold
+        .unwrap_or(DEFAULT_EXPORT_FAILURE_THRESHOLD);
+    let rc = receiver_config(&args.webhook, &cfg, &cluster)?;
+    let bound = Receiver::bind(
+        rc,
+        Arc::new(producer.clone()) as Arc<dyn AuditProducer>,
+        Arc::new(export_readiness(exporter.clone(), threshold)),
+        Some(metrics),
+    )
+    .await;
+    let receiver = match bound {
+        Ok(r) => r,
+        Err(e) => {
+            // Nothing was accepted: close the exporter cleanly before reporting.
+            drop(exporter);
+            let _ = exporter_task.await;
+            return Err(anyhow::Error::new(e).context("cannot start the audit webhook"));
+        }
+    };
+    let addr = receiver.local_addr();
+    eprintln!(
+        "kubetrail serve: listening on {addr} (POST /audit, /audit/{{cluster}}; GET /healthz, /readyz, /metrics)"
+    );
+    tracing::info!(%addr, cluster = %cluster, queue_events, "serving");
+
+    let worker = Worker::new(
+        consumer,
+        Pipeline::new(cfg.pipeline()),
+        exporter,
+        WorkerConfig::default(),
+    );
+    let worker = tokio::spawn(worker.run(std::future::pending()));
+
+    receiver
+        .serve(shutdown)
+        .await
+        .context("the audit webhook failed")?;
+
+    // Stop accepting; the worker drains what is queued, emits every open family and waits for
+    // the exporter; all within the shutdown deadline.
+    let deadline = args
+        .shutdown_timeout
+        .or(cfg.shutdown_timeout)
+        .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    let queued_at_stop = producer.health().queued_events;
+    producer.close();
+    drop(producer);
+    let drained = tokio::time::timeout(deadline, async {
+        let report = worker
+            .await
+            .context("the pipeline worker stopped unexpectedly")?
+            .context("the exporter stopped")?;
+        let export = exporter_task
+            .await
+            .context("the exporter stopped unexpectedly")?;
+        anyhow::Ok((report, export))
+    })
+    .await;
+    match drained {
+        Ok(Ok((report, export))) => {
+            eprintln!(
+                "kubetrail serve: stopped after draining {queued_at_stop} queued events: {} events processed, {} spans exported, {} dropped",
+                report.pipeline.events_in, export.spans_exported, export.spans_dropped
+            );
+            if export.spans_dropped > 0 {
+                return Ok(ExitCode::from(3));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => {
+            eprintln!(
+                "kubetrail serve: shutdown deadline of {}s passed before the queue was drained and the exporter flushed; \
+                 {queued_at_stop} events were queued at shutdown and what was not exported is lost",
+                deadline.as_secs()
+            );
+            Ok(ExitCode::from(3))
+        }
+    }
+}
