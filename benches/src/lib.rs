@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+pub mod webhook;
+
 use std::io::BufRead;
 
 use kubetrail_gen::VolumeScenario;
@@ -27,6 +29,22 @@ pub fn volume(namespaces: u32) -> Vec<u8> {
     // Writing into a Vec cannot fail.
     let _ = scenario.write_json_lines(&mut out);
     out
+}
+
+/// EventList bodies of `per_body` events each, from a generated dump (each event distinct).
+pub fn event_list_bodies(input: &[u8], per_body: usize) -> Vec<Vec<u8>> {
+    let lines: Vec<&str> = std::str::from_utf8(input).unwrap_or("").lines().collect();
+    lines
+        .chunks(per_body)
+        .filter(|c| c.len() == per_body)
+        .map(|c| {
+            format!(
+                "{{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[{}]}}",
+                c.join(",")
+            )
+            .into_bytes()
+        })
+        .collect()
 }
 
 /// The baseline: a bare `serde_json` parse of every line into a `Value`.

@@ -102,5 +102,30 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
+    // The webhook: 400-event EventLists from 4 concurrent clients on loopback.
+    let bodies = kubetrail_benches::event_list_bodies(&input, 400);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    for (label, full) in [
+        ("receiver + embedded queue", false),
+        ("serve: receiver + pipeline + OTLP encode", true),
+    ] {
+        let f = rt.block_on(kubetrail_benches::webhook::run(
+            bodies.clone(),
+            400,
+            4,
+            full,
+        ))?;
+        println!(
+            "  webhook, {label:<40} {:>8.0} events/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({} bodies, {} answered 503 and were retried)",
+            f.events_per_sec,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            f.max.as_secs_f64() * 1e3,
+            bodies.len(),
+            f.non_200
+        );
+    }
     Ok(())
 }

@@ -167,7 +167,15 @@ mod tests {
         // Changing how ids are derived splits every trace that spans an upgrade: bump the
         // domain tag's version deliberately instead.
         let t = trace_id("prod", &obj("web"), 1_700_000_000_000_000_000);
-        assert_eq!(t.to_string().len(), 32);
+        assert_eq!(t.to_string(), "c42aaa7dabfcf0f708e706b3c72eb888");
+        assert_eq!(
+            object_span_id("prod", &obj("web"), 0, 0).to_string(),
+            "b55efd5a8dc75f2d"
+        );
+        assert_eq!(
+            request_span_id("prod", "a-1").to_string(),
+            "d591022eeaec30e2"
+        );
         assert_eq!(TraceId::from_hex(&t.to_string()), Some(t));
         assert_eq!(SpanId::from_hex("0000000000000000"), None);
         assert_eq!(SpanId::from_hex("zz00000000000000"), None);

@@ -98,23 +98,43 @@ pub trait AuditProducer: Send + Sync {
 }
 
 /// Acknowledges a received batch once everything derived from it is safe (exported). Dropping
-/// it without calling [`Ack::done`] also acknowledges (the batch is not redelivered in-process).
-pub struct Ack(Option<Box<dyn FnOnce() + Send>>);
+/// an acknowledgement made with [`Ack::new`] without calling [`Ack::done`] also acknowledges
+/// (the batch is not redelivered in-process); one made with [`Ack::explicit`] does not.
+pub struct Ack {
+    on_done: Option<Box<dyn FnOnce() + Send>>,
+    on_drop: bool,
+}
 
 impl Ack {
-    /// An acknowledgement that runs `f` when done.
+    /// An acknowledgement that runs `f` when done, or when dropped.
     pub fn new(f: impl FnOnce() + Send + 'static) -> Self {
-        Ack(Some(Box::new(f)))
+        Ack {
+            on_done: Some(Box::new(f)),
+            on_drop: true,
+        }
+    }
+
+    /// An acknowledgement that runs `f` only when [`done`](Ack::done) is called. Dropping it
+    /// leaves the batch unacknowledged, so a durable queue (Kafka) delivers it again later
+    /// instead of treating a batch whose processing was abandoned as exported.
+    pub fn explicit(f: impl FnOnce() + Send + 'static) -> Self {
+        Ack {
+            on_done: Some(Box::new(f)),
+            on_drop: false,
+        }
     }
 
     /// An acknowledgement that does nothing.
     pub fn noop() -> Self {
-        Ack(None)
+        Ack {
+            on_done: None,
+            on_drop: false,
+        }
     }
 
     /// Acknowledges.
     pub fn done(mut self) {
-        if let Some(f) = self.0.take() {
+        if let Some(f) = self.on_done.take() {
             f();
         }
     }
@@ -122,7 +142,9 @@ impl Ack {
 
 impl Drop for Ack {
     fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
+        if self.on_drop
+            && let Some(f) = self.on_done.take()
+        {
             f();
         }
     }
@@ -148,4 +170,44 @@ pub struct Received {
 pub trait AuditConsumer: Send {
     /// The next batch, or `None` once the queue is closed and drained.
     async fn recv(&mut self) -> Option<Received>;
+
+    /// Whether everything the queue held has been received, so that silence means nothing is
+    /// happening. A worker moves its pipeline's clock with wall time (its `tick`) only then:
+    /// a backlog (a consumer catching up, or re-reading after a restart) is processed on its
+    /// events' own time, so object families are not emitted before their later events are
+    /// read. Default `true` (an in-process queue never has a backlog the worker cannot see).
+    fn caught_up(&self) -> bool {
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ack;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn counting() -> (Arc<AtomicUsize>, impl FnOnce() + Send + 'static) {
+        let n = Arc::new(AtomicUsize::new(0));
+        let m = n.clone();
+        (n, move || {
+            m.fetch_add(1, Ordering::SeqCst);
+        })
+    }
+
+    #[test]
+    fn implicit_acks_run_on_drop_explicit_ones_only_when_done() {
+        let (n, f) = counting();
+        drop(Ack::new(f));
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+        let (n, f) = counting();
+        Ack::new(f).done();
+        assert_eq!(n.load(Ordering::SeqCst), 1, "once, not again on drop");
+        let (n, f) = counting();
+        drop(Ack::explicit(f));
+        assert_eq!(n.load(Ordering::SeqCst), 0);
+        let (n, f) = counting();
+        Ack::explicit(f).done();
+        assert_eq!(n.load(Ordering::SeqCst), 1);
+    }
 }

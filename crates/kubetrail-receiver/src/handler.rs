@@ -203,13 +203,25 @@ async fn audit(s: Shared, cluster: String, req: Request) -> Response {
             .increment(rejection.events as u64);
     }
     let remote = parts.extensions.get::<ConnInfo>().map(|c| c.remote);
-    tracing::debug!(
-        cluster,
-        remote = ?remote,
-        status = rejection.status.as_u16(),
-        reason = %rejection.message,
-        "audit batch rejected"
-    );
+    if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
+        // Backpressure: expected under load, counted, and retried by the API server.
+        tracing::debug!(
+            cluster,
+            remote = ?remote,
+            status = rejection.status.as_u16(),
+            reason = %rejection.message,
+            "audit batch refused for now"
+        );
+    } else {
+        // A client or configuration problem that retrying will not fix.
+        tracing::info!(
+            cluster,
+            remote = ?remote,
+            status = rejection.status.as_u16(),
+            reason = %rejection.message,
+            "audit batch rejected"
+        );
+    }
     rejection.into_response(parts.version)
 }
 

@@ -133,7 +133,8 @@ pub struct TlsConfig {
 
 /// What `/readyz` and the admission of a batch consult besides the queue's own health, e.g.
 /// "the exporter has been failing for 2 minutes". `Err` carries the reason, which is shown to
-/// the client (503 body) and to the probe.
+/// the client (503 body) and to the probe. It is called for every batch: keep it cheap (read
+/// an atomic or a snapshot, do no I/O).
 pub trait Readiness: Send + Sync + 'static {
     /// `Ok` when batches should be accepted.
     fn check(&self) -> Result<(), String>;

@@ -24,10 +24,12 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod pki;
 mod receiver;
 mod span;
 mod webhook;
 
+pub use pki::Pki;
 pub use receiver::{OtlpReceiver, ReceivedRequest};
 pub use span::{
     Protocol, ReceivedSpan, any_value_to_json, any_value_to_string, attributes_to_map, flatten,

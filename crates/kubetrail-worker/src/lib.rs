@@ -7,8 +7,9 @@
 //! of what is safely exported.
 //!
 //! Live sources also move the pipeline's clock with wall time (`tick`), so a family that goes
-//! quiet has its object spans emitted even when no further events arrive. Replays do not tick:
-//! their clock is the events' own.
+//! quiet has its object spans emitted even when no further events arrive — but only while the
+//! queue is [caught up](AuditConsumer::caught_up): a backlog is processed on its events' own
+//! time. Replays do not tick: their clock is the events' own.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -128,6 +129,11 @@ impl<C: AuditConsumer> Worker<C> {
                     self.publish_metrics();
                 }
                 () = next_tick(&mut ticker) => {
+                    // Behind (a backlog, a re-read after a restart): the events' own time
+                    // drives the clock, or families would be cut before their later events.
+                    if !self.consumer.caught_up() {
+                        continue;
+                    }
                     self.pipeline.advance(wall_now().saturating_sub(lateness), &mut out);
                     if !out.is_empty() {
                         let _delivery = self.exporter.submit(std::mem::take(&mut out)).await?;

@@ -1,0 +1,164 @@
+//! `kubetrail serve` as an operator runs it: the real binary behind TLS with a bearer token,
+//! fed by a client that batches and retries like kube-apiserver's webhook backend, exporting
+//! to a real OTLP receiver; SIGTERM drains the queue and flushes every span.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Stdio;
+use std::time::Duration;
+
+use kubetrail_gen::RolloutScenario;
+use kubetrail_testkit::{ApiServerClient, OtlpReceiver, Pki};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const OBJECT_KIND: i32 = 1;
+
+/// Starts `kubetrail serve` with the given extra arguments on an ephemeral port and returns
+/// the child and the address it reports listening on.
+async fn start_serve(args: &[&str]) -> (Child, String, tokio::task::JoinHandle<String>) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .arg("serve")
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = String::new();
+    let addr = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("serve exited early:\n{seen}"));
+        seen.push_str(&line);
+        seen.push('\n');
+        if let Some(rest) = line.strip_prefix("kubetrail serve: listening on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe; return it at the end.
+    let rest = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            seen.push_str(&line);
+            seen.push('\n');
+        }
+        seen
+    });
+    (child, addr, rest)
+}
+
+async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = child.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .expect("serve did not stop")
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_sigterm() {
+    let stream = RolloutScenario::default().generate();
+    let pki = Pki::new();
+    let tokens = pki.dir.path().join("tokens");
+    std::fs::write(&tokens, "# kube-apiserver\nsecret-token-1\n").unwrap();
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let endpoint = otlp.grpc_endpoint();
+    let (mut child, addr, stderr) = start_serve(&[
+        "--cluster",
+        "fallback",
+        "--otlp-endpoint",
+        &endpoint,
+        "--tls-cert",
+        pki.server_cert.to_str().unwrap(),
+        "--tls-key",
+        pki.server_key.to_str().unwrap(),
+        "--token-file",
+        tokens.to_str().unwrap(),
+    ])
+    .await;
+    let url = format!("https://{addr}/audit/e2e");
+
+    // Without the token: 401, and nothing is queued.
+    let anonymous = ApiServerClient::new(&url)
+        .with_tls(pki.ca_pem.as_bytes(), None)
+        .unwrap();
+    let denied = anonymous.post_raw("", b"{}".to_vec(), &[]).await.unwrap();
+    assert_eq!(denied.status, 401);
+
+    // The API server's batches, with retries.
+    let client = ApiServerClient::new(&url)
+        .with_tls(pki.ca_pem.as_bytes(), None)
+        .unwrap()
+        .with_token("secret-token-1")
+        .with_batch_size(50);
+    let report = client.send_events(&stream.events).await.unwrap();
+    assert!(report.all_delivered(), "{:?}", report.statuses());
+    assert_eq!(report.accepted, stream.events.len());
+
+    let status = terminate(&mut child).await;
+    let log = stderr.await.unwrap();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains(&format!("{} events processed", stream.events.len())),
+        "{log}"
+    );
+
+    // Every request became a span (requests + Kubernetes Events), and every object of the
+    // rollout got exactly one object span — flushed at shutdown, not lost.
+    let spans = otlp.spans();
+    let truth = &stream.truth;
+    let requests = spans.iter().filter(|s| s.kind != OBJECT_KIND).count();
+    assert_eq!(requests, truth.mutating_requests + truth.kube_events);
+    let mut objects: BTreeMap<(String, String), usize> = BTreeMap::new();
+    for s in spans.iter().filter(|s| s.kind == OBJECT_KIND) {
+        *objects
+            .entry((
+                s.attributes["kubetrail.object.resource"].clone(),
+                s.attributes["kubetrail.object.name"].clone(),
+            ))
+            .or_default() += 1;
+        assert_eq!(
+            s.resource_attributes["k8s.cluster.name"], "e2e",
+            "the cluster comes from the URL path"
+        );
+    }
+    let expected: BTreeSet<_> = truth
+        .objects
+        .iter()
+        .map(|o| (o.resource.clone(), o.name.clone()))
+        .collect();
+    assert_eq!(objects.keys().cloned().collect::<BTreeSet<_>>(), expected);
+    assert!(objects.values().all(|n| *n == 1), "{objects:?}");
+    let traces: BTreeSet<_> = spans.iter().map(|s| s.trace_id.clone()).collect();
+    assert_eq!(traces.len(), 1, "the rollout is one trace");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refuses_an_exposed_unauthenticated_listener_and_bad_flags() {
+    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--otlp-json", "/dev/null"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("insecure"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to send spans to"));
+}
