@@ -33,7 +33,8 @@ use serde::Deserialize;
 
 use kubetrail_model::ids::{self, SpanId, TraceId};
 use kubetrail_model::{
-    Actor, AttrKey, AttrValue, AuditEvent, ObjectRef, SpanKind, SpanRecord, SpanStatus, UnixNanos,
+    Actor, AttrKey, AttrValue, AuditEvent, ObjectRef, SpanKind, SpanLinkRecord, SpanRecord,
+    SpanStatus, UnixNanos,
 };
 
 /// Aggregation settings (`aggregate:` in the config file).
@@ -84,7 +85,14 @@ pub struct Placement {
     pub incomplete: bool,
     /// Set when the request created or updated a Kubernetes Event about `object`.
     pub kube_event: Option<KubeEvent>,
+    /// Links to other traces (a controller's traceparent annotation) carried by the body.
+    pub links: Vec<SpanLinkRecord>,
+    /// The object-set id annotation (Kubernetes log-tracking KEP).
+    pub objsetid: Option<String>,
 }
+
+/// Span links an object span keeps at most (distinct traceparents seen in the window).
+const MAX_OBJECT_LINKS: usize = 32;
 
 /// What a Kubernetes Event (core/v1 or events.k8s.io/v1) said about an object.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -137,6 +145,8 @@ struct ObjectState {
     errors: u32,
     kind: Option<String>,
     deleted: bool,
+    links: Vec<SpanLinkRecord>,
+    objsetid: Option<String>,
 }
 
 #[derive(Debug)]
@@ -241,6 +251,8 @@ impl Aggregator {
             errors: 0,
             kind: None,
             deleted: false,
+            links: Vec::new(),
+            objsetid: None,
         }
     }
 
@@ -348,6 +360,18 @@ impl Aggregator {
         }
         if place.deletes {
             st.deleted = true;
+        }
+        for link in &place.links {
+            let seen = st
+                .links
+                .iter()
+                .any(|l| l.trace_id == link.trace_id && l.span_id == link.span_id);
+            if !seen && st.links.len() < MAX_OBJECT_LINKS {
+                st.links.push(link.clone());
+            }
+        }
+        if place.objsetid.is_some() {
+            st.objsetid = place.objsetid.clone();
         }
         let parent_span = st.span_id;
         let object = st.object.clone();
@@ -519,6 +543,9 @@ impl Aggregator {
         if st.deleted {
             attrs::push(&mut a, "kubetrail.object.deleted", true);
         }
+        if let Some(o) = &st.objsetid {
+            attrs::push(&mut a, "kubetrail.object.objsetid", o.as_str());
+        }
         if owner_only {
             // No requests of its own in this window: present as the owner of what had some.
             attrs::push(&mut a, "kubetrail.object.owner_only", true);
@@ -542,7 +569,7 @@ impl Aggregator {
             cluster: key.cluster.clone(),
             attributes: a,
             events: vec![],
-            links: vec![],
+            links: st.links.clone(),
             status: SpanStatus::Unset,
         }
     }
@@ -574,6 +601,9 @@ fn request_span(
     attrs::request_attributes(&mut a, event, &actor.username);
     if place.incomplete {
         attrs::push(&mut a, "kubetrail.audit.incomplete", true);
+    }
+    if let Some(o) = &place.objsetid {
+        attrs::push(&mut a, "kubetrail.object.objsetid", o.as_str());
     }
     let mut name = request_name(event);
     let mut events = vec![];
@@ -634,7 +664,7 @@ fn request_span(
         cluster: place.cluster.clone(),
         attributes: a,
         events,
-        links: vec![],
+        links: place.links.clone(),
         status,
     }
 }

@@ -18,6 +18,7 @@ use std::num::NonZeroUsize;
 use lru::LruCache;
 use serde::Deserialize;
 
+use kubetrail_model::ids::{SpanId, TraceId, parse_traceparent};
 use kubetrail_model::{ObjectHead, ObjectRef};
 
 /// Linker settings (`link:` in the config file).
@@ -28,6 +29,12 @@ pub struct LinkerConfig {
     pub max_objects: usize,
     /// Longest owner chain followed (CronJob → Job → Pod is 2).
     pub max_depth: usize,
+    /// Annotations holding a W3C traceparent of the controller's own trace: each becomes a
+    /// span link (Kubernetes log-tracking KEP, OpenKruiseGame).
+    pub traceparent_annotations: Vec<String>,
+    /// Annotation holding the KEP's object-set id, kept as the attribute
+    /// `kubetrail.object.objsetid`.
+    pub objsetid_annotation: String,
 }
 
 impl Default for LinkerConfig {
@@ -35,8 +42,24 @@ impl Default for LinkerConfig {
         LinkerConfig {
             max_objects: 200_000,
             max_depth: 8,
+            traceparent_annotations: vec![
+                "trace.kubernetes.io/span".into(),
+                "game.kruise.io/traceparent".into(),
+            ],
+            objsetid_annotation: "trace.kubernetes.io/objsetid".into(),
         }
     }
+}
+
+/// Links to other traces found in an object's annotations.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AnnotationLinks {
+    /// Span links: (annotation key, trace id, span id).
+    pub links: Vec<(String, TraceId, SpanId)>,
+    /// The object-set id, when annotated.
+    pub objsetid: Option<String>,
+    /// Annotations that were present but did not hold a valid traceparent.
+    pub malformed: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +148,26 @@ impl Linker {
             .and_then(|u| self.by_uid.get(u))
             .map(|n| n.object.clone());
         Some(known.unwrap_or(owner))
+    }
+
+    /// The span links and object-set id an object body's annotations carry.
+    pub fn annotation_links(&self, head: &ObjectHead) -> AnnotationLinks {
+        let mut out = AnnotationLinks::default();
+        let annotations = &head.metadata.annotations;
+        for key in &self.config.traceparent_annotations {
+            let Some(value) = annotations.get(key) else {
+                continue;
+            };
+            match parse_traceparent(value) {
+                Some((t, s)) => out.links.push((key.clone(), t, s)),
+                None => out.malformed.push(key.clone()),
+            }
+        }
+        out.objsetid = annotations
+            .get(&self.config.objsetid_annotation)
+            .filter(|v| !v.is_empty())
+            .cloned();
+        out
     }
 
     /// The chain of owners of `object`, nearest first, ending at the family's root.
@@ -265,6 +308,7 @@ mod tests {
         let mut l = Linker::new(LinkerConfig {
             max_objects: 50,
             max_depth: 3,
+            ..Default::default()
         });
         for i in 0..100 {
             let mut o = obj("x", "things", "n", &format!("t{i}"), Some(&format!("u{i}")));
@@ -279,12 +323,30 @@ mod tests {
         assert_eq!(l.ancestors(&mid).len(), 3);
     }
 
+    #[test]
+    fn traceparent_annotations_become_links() {
+        let l = Linker::new(LinkerConfig::default());
+        let h: ObjectHead = serde_json::from_str(
+            r#"{"metadata":{"annotations":{
+            "trace.kubernetes.io/span":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "game.kruise.io/traceparent":"not-a-traceparent",
+            "trace.kubernetes.io/objsetid":"set-42"}}}"#,
+        )
+        .unwrap();
+        let a = l.annotation_links(&h);
+        assert_eq!(a.links.len(), 1);
+        assert_eq!(a.links[0].0, "trace.kubernetes.io/span");
+        assert_eq!(a.links[0].1.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(a.malformed, ["game.kruise.io/traceparent"]);
+        assert_eq!(a.objsetid.as_deref(), Some("set-42"));
+    }
+
     proptest! {
         /// Whatever owner graph the input describes, resolution terminates within the depth
         /// limit and never lists the object itself or an owner twice.
         #[test]
         fn resolution_is_bounded(edges in proptest::collection::vec((0u8..12, 0u8..12), 0..40)) {
-            let mut l = Linker::new(LinkerConfig { max_objects: 8, max_depth: 5 });
+            let mut l = Linker::new(LinkerConfig { max_objects: 8, max_depth: 5, ..Default::default() });
             for (a, b) in &edges {
                 let mut o = obj("x", "things", "n", &format!("t{a}"), Some(&format!("u{a}")));
                 l.observe(&mut o, Some(&head(Some(("x/v1", "Thing", &format!("t{b}"), &format!("u{b}"))))));

@@ -54,6 +54,31 @@ macro_rules! hex_id {
 hex_id!(TraceId);
 hex_id!(SpanId);
 
+/// Parses a W3C `traceparent` (`00-<trace id>-<span id>-<flags>`), as the Kubernetes
+/// log-tracking KEP and OpenKruiseGame store in object annotations. Returns `None` for anything
+/// malformed: wrong length or version, non-hex, or all-zero ids.
+pub fn parse_traceparent(s: &str) -> Option<(TraceId, SpanId)> {
+    let mut parts = s.trim().split('-');
+    let version = parts.next()?;
+    let trace = parts.next()?;
+    let span = parts.next()?;
+    let flags = parts.next()?;
+    if version.len() != 2
+        || version.eq_ignore_ascii_case("ff")
+        || u8::from_str_radix(version, 16).is_err()
+    {
+        return None;
+    }
+    // Version 00 has exactly four fields; later versions may append more.
+    if version == "00" && parts.next().is_some() {
+        return None;
+    }
+    if flags.len() != 2 || u8::from_str_radix(flags, 16).is_err() {
+        return None;
+    }
+    Some((TraceId::from_hex(trace)?, SpanId::from_hex(span)?))
+}
+
 /// Builds the hashed key: a domain tag, then each field length-prefixed.
 struct Key(Vec<u8>);
 
@@ -160,6 +185,26 @@ mod tests {
         assert_ne!(object_span_id("c", &x, 0, 0), object_span_id("c", &y, 0, 0));
         assert_ne!(object_span_id("c", &x, 0, 0), object_span_id("c", &x, 0, 1));
         assert_eq!(request_span_id("c", "id"), request_span_id("c", "id"));
+    }
+
+    #[test]
+    fn traceparents() {
+        let (t, s) =
+            parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
+        assert_eq!(t.to_string(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(s.to_string(), "00f067aa0ba902b7");
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-xbf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(parse_traceparent(bad), None, "{bad}");
+        }
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub struct PipelineStats {
     pub untimed: u64,
     /// Requests placed on the collection rather than one object (no name known).
     pub on_collection: u64,
+    /// Traceparent annotations that were not valid W3C traceparents (ignored).
+    pub malformed_traceparents: u64,
     /// Kubernetes Events placed on the object they are about.
     pub kube_events: u64,
     /// Kubernetes Event requests that named no object we could find (deletes of Events,
@@ -226,6 +228,8 @@ impl Pipeline {
             deletes: false,
             incomplete,
             kube_event: Some(info),
+            links: Vec::new(),
+            objsetid: None,
         };
         self.aggregator.add_request(event, place, out);
     }
@@ -280,6 +284,29 @@ impl Pipeline {
             }
         };
         self.linker.observe(&mut object, head.as_ref());
+        let (links, objsetid) = match head.as_ref() {
+            Some(h) => {
+                let a = self.linker.annotation_links(h);
+                self.stats.malformed_traceparents += a.malformed.len() as u64;
+                for key in &a.malformed {
+                    tracing::debug!(annotation = %key, object = %object, "malformed traceparent annotation ignored");
+                }
+                let links = a
+                    .links
+                    .into_iter()
+                    .map(|(key, trace_id, span_id)| kubetrail_model::SpanLinkRecord {
+                        trace_id,
+                        span_id,
+                        attributes: vec![(
+                            kubetrail_model::AttrKey::Borrowed("kubetrail.link.annotation"),
+                            key.into(),
+                        )],
+                    })
+                    .collect();
+                (links, a.objsetid)
+            }
+            None => (Vec::new(), None),
+        };
         let ancestors = self.linker.ancestors(&object);
         let code = event.response_code().unwrap_or(200);
         let place = Placement {
@@ -291,6 +318,8 @@ impl Pipeline {
             deletes: event.verb == "delete" && (200..300).contains(&code) && sub.is_none(),
             incomplete,
             kube_event: None,
+            links,
+            objsetid,
         };
         self.aggregator.add_request(event, place, out);
     }

@@ -197,3 +197,30 @@ fn quiet_family_is_emitted_and_later_activity_continues_it() {
     assert_ne!(objects[0].span_id, objects[1].span_id);
     assert_eq!(p.stats().aggregate.continuations, 1);
 }
+
+#[test]
+fn traceparent_annotations_become_span_links_and_bad_ones_are_counted() {
+    let body = r#","responseObject":{"kind":"GameServerSet","metadata":{"name":"gss","namespace":"shop","uid":"g1","annotations":{"game.kruise.io/traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01","trace.kubernetes.io/span":"garbage","trace.kubernetes.io/objsetid":"set-7"}}}"#;
+    let e = ev(
+        "l1",
+        "ResponseComplete",
+        "update",
+        "/apis/game.kruise.io/v1alpha1/namespaces/shop/gameserversets/gss",
+        r#"{"resource":"gameserversets","namespace":"shop","name":"gss","apiGroup":"game.kruise.io","apiVersion":"v1alpha1"}"#,
+        body,
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T00:00:00.01Z",
+    );
+    let (spans, p) = run([e]);
+    assert_eq!(p.stats().malformed_traceparents, 1);
+    for kind in [SpanKind::Request, SpanKind::Object] {
+        let s = spans.iter().find(|s| s.kind == kind).unwrap();
+        assert_eq!(s.links.len(), 1, "{kind:?}");
+        assert_eq!(
+            s.links[0].trace_id.to_string(),
+            "4bf92f3577b34da6a3ce929d0e0e4736"
+        );
+        assert_eq!(s.links[0].span_id.to_string(), "00f067aa0ba902b7");
+        assert_eq!(s.attr_str("kubetrail.object.objsetid"), Some("set-7"));
+    }
+}

@@ -19,16 +19,22 @@
 //!   retries with exponential backoff on non-2xx, bearer token, TLS with a
 //!   custom CA and client certificate, gzip), so the receiver is tested
 //!   against the retry behaviour it is designed for.
+//! * [`KafkaBroker`]: a real Kafka-protocol broker (tansu, in-memory storage)
+//!   started as a child process on a free port, with topic creation, stop and
+//!   restart, for the Kafka queue's tests (`scripts/install-tansu.sh`
+//!   installs the binary).
 //!
 //! It is a test library: never a dependency of production code.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod kafka;
 mod pki;
 mod receiver;
 mod span;
 mod webhook;
 
+pub use kafka::{KafkaBroker, TANSU_ENV};
 pub use pki::Pki;
 pub use receiver::{OtlpReceiver, ReceivedRequest};
 pub use span::{
