@@ -111,6 +111,18 @@ fn span_id(bytes: &[u8]) -> SpanId {
     SpanId(if v == 0 { 1u64 } else { v }.to_be_bytes())
 }
 
+/// The start of the window of length `window` (nanoseconds) containing `t`: windows are
+/// aligned to multiples of their length since the Unix epoch.
+pub fn window_start(t: UnixNanos, window: i64) -> UnixNanos {
+    let w = window.max(1);
+    t.div_euclid(w) * w
+}
+
+/// The Jaeger UI address of a trace.
+pub fn jaeger_trace_url(jaeger: &str, trace: TraceId) -> String {
+    format!("{}/trace/{trace}", jaeger.trim_end_matches('/'))
+}
+
 /// The trace of one object family in one time window: (cluster, root object, window start).
 pub fn trace_id(cluster: &str, root: &ObjectRef, window_start: UnixNanos) -> TraceId {
     let mut k = Key::new("kubetrail/trace/v1");

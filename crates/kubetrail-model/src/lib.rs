@@ -21,7 +21,7 @@ mod time;
 
 pub use actor::Actor;
 pub use audit::{AuditEvent, EventList, Level, ObjectReference, Stage, UserInfo};
-pub use object::{ObjectHead, ObjectMetaHead, ObjectRef, OwnerRef};
+pub use object::{ObjectHead, ObjectMetaHead, ObjectRef, OwnerRef, known_group, resource_for_kind};
 pub use span::{
     AttrKey, AttrValue, SpanEventRecord, SpanKind, SpanLinkRecord, SpanRecord, SpanStatus,
 };

@@ -163,6 +163,74 @@ impl ObjectRef {
     }
 }
 
+/// The API group of well-known resources, for people who write `deployments/shop/web`
+/// rather than `deployments.apps/shop/web`. `None` when the resource is not a known one (or is
+/// in the core group and unambiguous: then `Some("")`).
+pub fn known_group(resource: &str) -> Option<&'static str> {
+    Some(match resource {
+        "pods"
+        | "services"
+        | "configmaps"
+        | "secrets"
+        | "nodes"
+        | "namespaces"
+        | "serviceaccounts"
+        | "endpoints"
+        | "persistentvolumeclaims"
+        | "persistentvolumes"
+        | "replicationcontrollers"
+        | "events" => "",
+        "deployments" | "replicasets" | "statefulsets" | "daemonsets" | "controllerrevisions" => {
+            "apps"
+        }
+        "jobs" | "cronjobs" => "batch",
+        "ingresses" | "networkpolicies" | "ingressclasses" => "networking.k8s.io",
+        "horizontalpodautoscalers" => "autoscaling",
+        "poddisruptionbudgets" => "policy",
+        "leases" => "coordination.k8s.io",
+        _ => return None,
+    })
+}
+
+impl std::str::FromStr for ObjectRef {
+    type Err = String;
+
+    /// Parses `resource[.group]/namespace/name` (namespaced) or `resource[.group]/name`
+    /// (cluster-scoped), the form kubetrail prints. A well-known resource without a group gets
+    /// its group (`deployments` → `deployments.apps`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let parts: Vec<&str> = s.split('/').collect();
+        let (gr, namespace, name) = match parts[..] {
+            [gr, ns, name] => (gr, ns, name),
+            [gr, name] => (gr, "", name),
+            _ => {
+                return Err(format!(
+                    "{s:?}: expected RESOURCE/NAMESPACE/NAME or RESOURCE/NAME (cluster-scoped)"
+                ));
+            }
+        };
+        if gr.is_empty() || name.is_empty() {
+            return Err(format!("{s:?}: resource and name must not be empty"));
+        }
+        let (resource, group) = match gr.split_once('.') {
+            Some((r, g)) => (r, g.to_owned()),
+            None => (gr, known_group(gr).unwrap_or("").to_owned()),
+        };
+        let namespace = if group.is_empty() && resource == "namespaces" {
+            ""
+        } else {
+            namespace
+        };
+        Ok(ObjectRef {
+            group,
+            resource: resource.to_ascii_lowercase(),
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            uid: None,
+        })
+    }
+}
+
 /// The plural resource name of a kind: a table of the built-in kinds whose plural is not
 /// the regular English one, else a lower-cased regular plural (`Deployment` → `deployments`,
 /// `NetworkPolicy` → `networkpolicies`, `Ingress` → `ingresses`).
@@ -316,6 +384,27 @@ mod tests {
         assert!(node.is_cluster_scoped());
         assert_eq!(node.group, "");
         assert_eq!(node.to_string(), "nodes/x");
+    }
+
+    #[test]
+    fn parses_what_it_prints() {
+        for s in [
+            "deployments.apps/shop/web",
+            "pods/shop/web-1",
+            "nodes/worker-1",
+            "widgets.example.com/team/w",
+        ] {
+            assert_eq!(s.parse::<ObjectRef>().unwrap().to_string(), s);
+        }
+        assert_eq!(
+            "deployments/shop/web"
+                .parse::<ObjectRef>()
+                .unwrap()
+                .to_string(),
+            "deployments.apps/shop/web"
+        );
+        assert!("web".parse::<ObjectRef>().is_err());
+        assert!("a/b/c/d".parse::<ObjectRef>().is_err());
     }
 
     #[test]

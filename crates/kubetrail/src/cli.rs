@@ -54,6 +54,13 @@ pub enum Command {
     /// Answers 200 once a batch is queued, 503 + Retry-After when it cannot take more (the API
     /// server retries), and drains the queue and flushes the exporter on SIGTERM.
     Serve(ServeArgs),
+    /// Print one object's family from audit log files as a timeline tree: who did what, when,
+    /// with what result — triage with no Jaeger.
+    Timeline(TimelineArgs),
+    /// Print the Jaeger URL of an object's trace at a time, computed from the deterministic ids
+    /// (the object should be its family's top owner: a Deployment, a CronJob …; --search gives
+    /// a tag search that finds any object).
+    Url(UrlArgs),
 }
 
 /// Options shared by every command that runs the pipeline.
@@ -138,4 +145,45 @@ pub struct ServeArgs {
     /// How long shutdown may take to drain the queue and flush the exporter (config: `shutdown_timeout`).
     #[arg(long, env = "KUBETRAIL_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Only requests at or after this time (RFC 3339).
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Only requests at or before this time (RFC 3339).
+    #[arg(long)]
+    pub until: Option<String>,
+    /// The object: RESOURCE[.GROUP]/NAMESPACE/NAME, or RESOURCE[.GROUP]/NAME when cluster-scoped.
+    #[arg(value_name = "OBJECT")]
+    pub object: String,
+    /// Audit log files (`-` for stdin).
+    #[arg(required = true, value_name = "FILE")]
+    pub files: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct UrlArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    /// Jaeger UI base URL.
+    #[arg(
+        long,
+        env = "KUBETRAIL_JAEGER_URL",
+        default_value = "http://localhost:16686"
+    )]
+    pub jaeger_url: String,
+    /// A time in the window of interest (RFC 3339); default: now.
+    #[arg(long)]
+    pub time: Option<String>,
+    /// Also print a Jaeger search URL that finds the object by tag in that window, whatever
+    /// family it belongs to (the trace URL is the object's own trace when it is the top owner).
+    #[arg(long)]
+    pub search: bool,
+    /// The object: RESOURCE[.GROUP]/NAMESPACE/NAME, or RESOURCE[.GROUP]/NAME when cluster-scoped.
+    #[arg(value_name = "OBJECT")]
+    pub object: String,
 }

@@ -9,6 +9,8 @@ mod cli;
 mod config;
 mod replay;
 mod serve;
+mod timeline;
+mod url;
 
 use std::process::ExitCode;
 
@@ -31,6 +33,8 @@ fn main() -> ExitCode {
         match cli.command {
             cli::Command::Replay(args) => replay::run(args).await,
             cli::Command::Serve(args) => serve::run(args).await,
+            cli::Command::Timeline(args) => timeline::run(args).await,
+            cli::Command::Url(args) => url::run(args).await,
         }
     });
     match result {

@@ -61,57 +61,97 @@ struct ReadOutcome {
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
-    let started = Instant::now();
-    let (cfg, cluster) = effective_config(&args.pipeline)?;
-
-    // Open every input before doing anything: a typo fails fast, with nothing half-exported.
-    let mut readers = Vec::with_capacity(args.files.len());
-    for f in &args.files {
-        readers.push(EventReader::open(f)?);
-    }
-
-    let mut sinks: Vec<Box<dyn SpanSink>> = Vec::new();
-    if let Some(otlp) = cfg.otlp(
-        args.pipeline.otlp_endpoint.as_deref(),
-        args.pipeline.otlp_protocol,
-    )? {
-        sinks.push(Box::new(
-            OtlpSink::new(otlp).context("cannot set up the OTLP exporter")?,
-        ));
-    }
     let json_to_stdout = args
         .otlp_json
         .as_deref()
         .is_some_and(|p| p.as_os_str() == "-");
-    if let Some(path) = &args.otlp_json {
-        sinks
-            .push(Box::new(OtlpJsonFileSink::create(path).with_context(
-                || format!("cannot create {}", path.display()),
-            )?));
+    if args.tree && json_to_stdout {
+        anyhow::bail!("--tree and --otlp-json - both write to stdout: give --otlp-json a file");
     }
-    if args.tree {
-        if json_to_stdout {
-            anyhow::bail!("--tree and --otlp-json - both write to stdout: give --otlp-json a file");
+    let make_sinks = |cfg: &Config| -> anyhow::Result<Vec<Box<dyn SpanSink>>> {
+        let mut sinks: Vec<Box<dyn SpanSink>> = Vec::new();
+        if let Some(otlp) = cfg.otlp(
+            args.pipeline.otlp_endpoint.as_deref(),
+            args.pipeline.otlp_protocol,
+        )? {
+            sinks.push(Box::new(
+                OtlpSink::new(otlp).context("cannot set up the OTLP exporter")?,
+            ));
         }
-        let color = std::io::stdout().is_terminal();
-        sinks.push(Box::new(TreeSink::new(
-            Box::new(std::io::stdout()),
-            TreeOptions { color },
-        )));
-    }
-    if sinks.is_empty() {
-        anyhow::bail!(
-            "nothing to send spans to: give --otlp-endpoint, --otlp-json or --tree (or export.otlp in --config)"
-        );
-    }
+        if let Some(path) = &args.otlp_json {
+            sinks
+                .push(Box::new(OtlpJsonFileSink::create(path).with_context(
+                    || format!("cannot create {}", path.display()),
+                )?));
+        }
+        if args.tree {
+            let color = std::io::stdout().is_terminal();
+            sinks.push(Box::new(TreeSink::new(
+                Box::new(std::io::stdout()),
+                TreeOptions { color },
+            )));
+        }
+        if sinks.is_empty() {
+            anyhow::bail!(
+                "nothing to send spans to: give --otlp-endpoint, --otlp-json or --tree (or export.otlp in --config)"
+            );
+        }
+        Ok(sinks)
+    };
+    let run = run_files(
+        &args.files,
+        &args.pipeline,
+        make_sinks,
+        args.export_timeout,
+        !args.no_progress,
+    )
+    .await?;
+    run.finish("replay")
+}
 
+/// What reading files through the pipeline did.
+pub(crate) struct FileRun {
+    outcome: ReadOutcome,
+    report: ExportReport,
+    elapsed: Duration,
+}
+
+impl FileRun {
+    /// Prints the summary and turns the outcome into an exit code.
+    pub(crate) fn finish(self, command: &str) -> anyhow::Result<ExitCode> {
+        print_summary(command, &self.outcome, &self.report, self.elapsed);
+        if !self.outcome.read_errors.is_empty() {
+            return Ok(ExitCode::FAILURE);
+        }
+        if self.report.spans_dropped > 0 || !self.report.finish_errors.is_empty() {
+            return Ok(ExitCode::from(EXIT_EXPORT_FAILED));
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+/// Reads `files` through the pipeline into the sinks `make_sinks` builds (after every input
+/// was opened, so a typo fails before anything is created or sent).
+pub(crate) async fn run_files(
+    files: &[String],
+    pipeline: &PipelineArgs,
+    make_sinks: impl FnOnce(&Config) -> anyhow::Result<Vec<Box<dyn SpanSink>>>,
+    export_timeout: Duration,
+    progress: bool,
+) -> anyhow::Result<FileRun> {
+    let started = Instant::now();
+    let (cfg, cluster) = effective_config(pipeline)?;
+    let mut readers = Vec::with_capacity(files.len());
+    for f in files {
+        readers.push(EventReader::open(f)?);
+    }
+    let sinks = make_sinks(&cfg)?;
     let mut exporter_cfg = cfg.exporter();
-    exporter_cfg.retry.max_elapsed =
-        (!args.export_timeout.is_zero()).then_some(args.export_timeout);
+    exporter_cfg.retry.max_elapsed = (!export_timeout.is_zero()).then_some(export_timeout);
     let (handle, exporter) = Exporter::spawn(sinks, exporter_cfg);
 
     let total: Option<u64> = readers.iter().map(EventReader::size).sum();
-    let bar = if !args.no_progress && std::io::stderr().is_terminal() {
+    let bar = if progress && std::io::stderr().is_terminal() {
         let bar = total.map_or_else(ProgressBar::new_spinner, ProgressBar::new);
         bar.set_style(
             ProgressStyle::with_template(
@@ -154,17 +194,12 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     let report = exporter
         .await
         .context("the exporter stopped unexpectedly")?;
-    print_summary(&outcome, &report, started.elapsed());
-
-    if !outcome.read_errors.is_empty() {
-        return Ok(ExitCode::FAILURE);
-    }
-    if report.spans_dropped > 0 || !report.finish_errors.is_empty() {
-        return Ok(ExitCode::from(EXIT_EXPORT_FAILED));
-    }
-    Ok(ExitCode::SUCCESS)
+    Ok(FileRun {
+        outcome,
+        report,
+        elapsed: started.elapsed(),
+    })
 }
-
 /// Reads every input in order and publishes the events in batches, waiting for room in the
 /// queue (backpressure from the pipeline and the exporter).
 fn read_all(
@@ -235,12 +270,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-fn print_summary(o: &ReadOutcome, r: &ExportReport, elapsed: Duration) {
+fn print_summary(command: &str, o: &ReadOutcome, r: &ExportReport, elapsed: Duration) {
     let s = &o.stats;
     let a = &s.aggregate;
     let filtered: Vec<String> = s.filtered.iter().map(|(k, v)| format!("{k} {v}")).collect();
     eprintln!(
-        "kubetrail replay: {} events read in {:.2?}",
+        "kubetrail {command}: {} events read in {:.2?}",
         o.events, elapsed
     );
     eprintln!(

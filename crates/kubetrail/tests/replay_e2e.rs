@@ -421,3 +421,83 @@ async fn tree_output_and_errors() {
         run.stderr
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeline_and_url_find_the_deployment_without_jaeger() {
+    let stream = rollout();
+    let dir = tempfile::tempdir().unwrap();
+    let log = write(dir.path(), "audit.log", &stream.to_json_lines());
+    let json = dir.path().join("spans.jsonl");
+    let run = replay(&[
+        "--cluster",
+        "c1",
+        "--otlp-json",
+        json.to_str().unwrap(),
+        &log,
+    ])
+    .await;
+    assert!(run.status.success(), "{}", run.stderr);
+    let spans = parse_otlp_json_lines(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let root = spans
+        .iter()
+        .find(|s| s.kind == OBJECT_KIND && s.parent_span_id.is_none())
+        .unwrap();
+
+    // `url` derives the same trace id from the object and a time in its window.
+    let out = bin()
+        .args([
+            "url",
+            "--cluster",
+            "c1",
+            "--jaeger-url",
+            "http://jaeger:16686/",
+            "--time",
+            "2024-05-01T10:00:10Z",
+            "deployments/shop/web",
+        ])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("http://jaeger:16686/trace/{}", root.trace_id)
+    );
+
+    // `timeline` prints the family, and --since keeps only the later requests.
+    let out = bin()
+        .args(["timeline", "deployments/shop/web", &log])
+        .output()
+        .await
+        .unwrap();
+    let all = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success());
+    assert!(all.starts_with("deployments.apps/shop/web"), "{all}");
+    assert!(all.contains("kubectl  create deployments  201"), "{all}");
+    assert!(
+        all.contains("kube-scheduler  create pods/binding  201"),
+        "{all}"
+    );
+    let out = bin()
+        .args([
+            "timeline",
+            "--since",
+            "2024-05-01T10:00:29Z",
+            "deployments/shop/web",
+            &log,
+        ])
+        .output()
+        .await
+        .unwrap();
+    let late = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!late.contains("create deployments"), "{late}");
+    assert!(late.contains("delete pods"), "{late}");
+    // An object that is not in the dump is said so, with a distinct exit code.
+    let out = bin()
+        .args(["timeline", "deployments/shop/nope", &log])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no mutating requests"));
+}
