@@ -73,6 +73,8 @@ pub(crate) struct AppState {
     pub metrics: Option<PrometheusHandle>,
     /// Set once shutdown began: `/readyz` answers 503 so no new traffic is routed here.
     pub draining: AtomicBool,
+    /// Target of `GET /redirect`.
+    pub jaeger: Option<crate::JaegerLink>,
 }
 
 type Shared = Arc<AppState>;
@@ -85,6 +87,7 @@ pub(crate) fn router(state: Shared) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
+        .route("/redirect", get(redirect))
         .fallback(not_found)
         .layer(middleware::from_fn(record_http_metrics))
         .with_state(state)
@@ -107,6 +110,86 @@ async fn record_http_metrics(req: Request, next: Next) -> Response {
 
 async fn not_found() -> Response {
     (StatusCode::NOT_FOUND, "not found\n").into_response()
+}
+
+/// The query of `GET /redirect`.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct RedirectQuery {
+    cluster: Option<String>,
+    /// `resource` or `resource.group`.
+    resource: String,
+    #[serde(default)]
+    namespace: String,
+    name: String,
+    /// RFC 3339; default now.
+    time: Option<String>,
+}
+
+/// `GET /redirect`: 302 to the Jaeger trace of an object at a time (no authentication: it
+/// reveals nothing but an address, and browsers cannot send the webhook's token).
+async fn redirect(
+    State(s): State<Shared>,
+    query: Result<axum::extract::Query<RedirectQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Some(jaeger) = &s.jaeger else {
+        return (
+            StatusCode::NOT_FOUND,
+            "no Jaeger URL configured (--jaeger-url)\n",
+        )
+            .into_response();
+    };
+    let q = match query {
+        Ok(axum::extract::Query(q)) => q,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("{e}: expected ?resource=&namespace=&name=[&cluster=][&time=]\n"),
+            )
+                .into_response();
+        }
+    };
+    let spec = if q.namespace.is_empty() {
+        format!("{}/{}", q.resource, q.name)
+    } else {
+        format!("{}/{}/{}", q.resource, q.namespace, q.name)
+    };
+    let object: kubetrail_model::ObjectRef = match spec.parse() {
+        Ok(o) => o,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("{e}\n")).into_response(),
+    };
+    let at = match q.time.as_deref() {
+        Some(t) => match kubetrail_model::parse_rfc3339_nanos(t) {
+            Some(t) => t,
+            None => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("time {t:?} is not an RFC 3339 time\n"),
+                )
+                    .into_response();
+            }
+        },
+        None => wall_clock_nanos(),
+    };
+    let cluster = q.cluster.unwrap_or_else(|| s.default_cluster.clone());
+    let window = i64::try_from(jaeger.window.as_nanos()).unwrap_or(i64::MAX);
+    let trace = kubetrail_model::ids::trace_id(
+        &cluster,
+        &object,
+        kubetrail_model::ids::window_start(at, window),
+    );
+    let location = kubetrail_model::ids::jaeger_trace_url(&jaeger.url, trace);
+    (
+        StatusCode::FOUND,
+        [(axum::http::header::LOCATION, location)],
+    )
+        .into_response()
+}
+
+fn wall_clock_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }
 
 /// Liveness: the process is alive and serving.

@@ -99,6 +99,18 @@ pub struct ReceiverConfig {
     /// How long [`Receiver::serve`] waits, once shutdown was requested, for in-flight requests
     /// before closing the remaining connections.
     pub shutdown_grace: Duration,
+    /// When set, `GET /redirect?cluster=&resource=&namespace=&name=&time=` answers 302 to the
+    /// Jaeger trace of that object (computed from the deterministic ids, no call to Jaeger).
+    pub jaeger: Option<JaegerLink>,
+}
+
+/// Where `GET /redirect` sends a browser.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JaegerLink {
+    /// Jaeger UI base URL (`http://jaeger:16686`).
+    pub url: String,
+    /// The trace window the pipeline uses (must match, or the ids differ).
+    pub window: Duration,
 }
 
 impl Default for ReceiverConfig {
@@ -115,6 +127,7 @@ impl Default for ReceiverConfig {
             insecure: false,
             publish_timeout: Duration::from_secs(5),
             shutdown_grace: Duration::from_secs(10),
+            jaeger: None,
         }
     }
 }

@@ -117,6 +117,7 @@ impl Receiver {
             auth,
             metrics,
             draining: AtomicBool::new(false),
+            jaeger: config.jaeger,
         });
         Ok(Receiver {
             listener,

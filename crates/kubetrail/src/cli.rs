@@ -128,6 +128,10 @@ pub struct WebhookArgs {
     /// Allow listening on a non-loopback address without any authentication (config: `server.insecure`).
     #[arg(long, env = "KUBETRAIL_INSECURE")]
     pub insecure: bool,
+    /// Jaeger UI base URL: enables `GET /redirect?resource=&namespace=&name=&time=`, a 302 to
+    /// that object's trace (config: `server.jaeger_url`).
+    #[arg(long, env = "KUBETRAIL_JAEGER_URL")]
+    pub jaeger_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

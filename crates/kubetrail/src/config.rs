@@ -66,6 +66,8 @@ pub struct ServerSection {
     /// Slow-client protection: time to send the body.
     #[serde(with = "humantime_serde")]
     pub body_read_timeout: Option<Duration>,
+    /// Jaeger UI base URL for `GET /redirect`.
+    pub jaeger_url: Option<String>,
     /// Answer 503 once the exporter has been failing this long (accepting more would only
     /// fill the queue).
     #[serde(with = "humantime_serde")]

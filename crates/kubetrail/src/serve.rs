@@ -8,7 +8,7 @@ use anyhow::Context;
 use kubetrail_export::{Exporter, ExporterHandle, OtlpJsonFileSink, OtlpSink, SpanSink};
 use kubetrail_pipeline::Pipeline;
 use kubetrail_queue::AuditProducer;
-use kubetrail_receiver::{Receiver, ReceiverConfig, TlsConfig};
+use kubetrail_receiver::{JaegerLink, Receiver, ReceiverConfig, TlsConfig};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::{ServeArgs, WebhookArgs};
@@ -68,6 +68,14 @@ pub(crate) fn receiver_config(
     if let Some(v) = s.body_read_timeout {
         rc.body_read_timeout = v;
     }
+    rc.jaeger = args
+        .jaeger_url
+        .clone()
+        .or(s.jaeger_url.clone())
+        .map(|url| JaegerLink {
+            url,
+            window: cfg.aggregate.window,
+        });
     Ok(rc)
 }
 

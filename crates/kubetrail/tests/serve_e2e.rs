@@ -82,6 +82,8 @@ async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_
         pki.server_key.to_str().unwrap(),
         "--token-file",
         tokens.to_str().unwrap(),
+        "--jaeger-url",
+        "http://jaeger:16686",
     ])
     .await;
     let url = format!("https://{addr}/audit/e2e");
@@ -102,6 +104,26 @@ async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_
     let report = client.send_events(&stream.events).await.unwrap();
     assert!(report.all_delivered(), "{:?}", report.statuses());
     assert_eq!(report.accepted, stream.events.len());
+
+    // The browser redirect, computed from the deterministic ids (checked against the trace below).
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let redirect = browser
+        .get(format!("https://{addr}/redirect?cluster=e2e&resource=deployments&namespace=shop&name=web&time=2024-05-01T10:00:10Z"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(redirect.status(), 302);
+    let location = redirect.headers()["location"].to_str().unwrap().to_owned();
+    let bad = browser
+        .get(format!("https://{addr}/redirect?name=web"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
 
     let status = terminate(&mut child).await;
     let log = stderr.await.unwrap();
@@ -139,6 +161,10 @@ async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_
     assert!(objects.values().all(|n| *n == 1), "{objects:?}");
     let traces: BTreeSet<_> = spans.iter().map(|s| s.trace_id.clone()).collect();
     assert_eq!(traces.len(), 1, "the rollout is one trace");
+    assert_eq!(
+        location,
+        format!("http://jaeger:16686/trace/{}", traces.first().unwrap())
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
