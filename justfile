@@ -24,6 +24,7 @@ ci:
 # Benchmarks (criterion), then a summary of the figures.
 bench:
     cargo bench -p kubetrail-benches
+    cargo build --release -p kubetrail
     cargo run --release -p kubetrail-benches --bin bench-summary
 
 # Regenerate the example dump from the generator.

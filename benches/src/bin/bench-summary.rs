@@ -79,9 +79,40 @@ fn main() -> anyhow::Result<()> {
         bytes as f64 / 1e6
     );
 
-    // Memory: the same pipeline over a small and a 4× larger dump, each in a fresh process.
+    // The product itself: `kubetrail replay` (release build) on the dump, wall clock: reading,
+    // the pipeline and the exporter run on separate threads.
     let dir = std::env::temp_dir().join("kubetrail-bench");
     std::fs::create_dir_all(&dir)?;
+    let dump = dir.join(format!("volume-{namespaces}.jsonl"));
+    std::fs::write(&dump, &input)?;
+    let exe = std::env::current_exe()?.with_file_name("kubetrail");
+    if exe.exists() {
+        let out_file = dir.join("replay.otlp.jsonl");
+        let (t_replay, status) = best_of(3, || {
+            Command::new(&exe)
+                .args(["replay", "--no-progress", "--otlp-json"])
+                .arg(&out_file)
+                .arg(&dump)
+                .output()
+                .map(|o| {
+                    (
+                        o.status.success(),
+                        String::from_utf8_lossy(&o.stderr).into_owned(),
+                    )
+                })
+        });
+        match status {
+            Ok((true, _)) => row("kubetrail replay --otlp-json FILE (process)", t_replay),
+            Ok((false, err)) => println!("  kubetrail replay failed: {err}"),
+            Err(e) => println!("  kubetrail replay could not run: {e}"),
+        }
+    } else {
+        println!(
+            "  (build the binary first for the end-to-end row: cargo build --release -p kubetrail)"
+        );
+    }
+
+    // Memory: the same pipeline over a small and a 4× larger dump, each in a fresh process.
     for ns in [namespaces / 4, namespaces] {
         let path = dir.join(format!("volume-{ns}.jsonl"));
         std::fs::write(&path, volume(ns.max(1)))?;

@@ -89,6 +89,10 @@ pub struct Placement {
     pub links: Vec<SpanLinkRecord>,
     /// The object-set id annotation (Kubernetes log-tracking KEP).
     pub objsetid: Option<String>,
+    /// Extra span events for the request span (diff lines, a snapshot).
+    pub span_events: Vec<kubetrail_model::SpanEventRecord>,
+    /// Extra attributes for the request span.
+    pub attributes: Vec<(AttrKey, AttrValue)>,
 }
 
 /// Span links an object span keeps at most (distinct traceparents seen in the window).
@@ -606,7 +610,8 @@ fn request_span(
         attrs::push(&mut a, "kubetrail.object.objsetid", o.as_str());
     }
     let mut name = request_name(event);
-    let mut events = vec![];
+    let mut events = place.span_events.clone();
+    a.extend(place.attributes.iter().cloned());
     if let Some(k) = &place.kube_event {
         // A Kubernetes Event about the object: named by its reason, Warnings stand out.
         name = if k.reason.is_empty() {

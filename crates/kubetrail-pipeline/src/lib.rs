@@ -18,6 +18,7 @@ use serde::Deserialize;
 
 use kubetrail_aggregate::{Aggregator, AggregatorConfig, AggregatorStats, Placement};
 
+use kubetrail_decorate::{DecorateConfig, Decoration, Decorator};
 use kubetrail_filter::{EventFilter, FilterConfig, Verdict};
 use kubetrail_link::{Linker, LinkerConfig};
 use kubetrail_model::{AuditEvent, ObjectHead, ObjectRef, SpanRecord, UnixNanos};
@@ -36,6 +37,8 @@ pub struct PipelineConfig {
     pub aggregate: AggregatorConfig,
     /// Stage merging.
     pub requests: RequestConfig,
+    /// Diffs, snapshots and redaction.
+    pub decorate: DecorateConfig,
 }
 
 /// Stage merging settings.
@@ -78,6 +81,12 @@ pub struct PipelineStats {
     pub untimed: u64,
     /// Requests placed on the collection rather than one object (no name known).
     pub on_collection: u64,
+    /// Secret values replaced by a salted hash before processing.
+    pub redacted_values: u64,
+    /// Requests whose diff against the object's previous state was computed.
+    pub diffs: u64,
+    /// Updates and patches that changed nothing (noise ignored).
+    pub noop_updates: u64,
     /// Traceparent annotations that were not valid W3C traceparents (ignored).
     pub malformed_traceparents: u64,
     /// Kubernetes Events placed on the object they are about.
@@ -105,6 +114,7 @@ pub struct Pipeline {
     stats: PipelineStats,
     released: Vec<(String, AuditEvent)>,
     kube_events: kube_event::EventIndex,
+    decorator: Decorator,
 }
 
 /// Kinds of bodies that are not the object a request was about.
@@ -132,6 +142,7 @@ impl Pipeline {
             stats: PipelineStats::default(),
             released: Vec::new(),
             kube_events: kube_event::EventIndex::new(50_000),
+            decorator: Decorator::new(config.decorate),
         }
     }
 
@@ -159,8 +170,10 @@ impl Pipeline {
     }
 
     /// Processes one event from `cluster`, appending the spans it completes to `out`.
-    pub fn push(&mut self, cluster: &str, event: AuditEvent, out: &mut Vec<SpanRecord>) {
+    pub fn push(&mut self, cluster: &str, mut event: AuditEvent, out: &mut Vec<SpanRecord>) {
         self.stats.events_in += 1;
+        // Before anything else reads, holds or logs the bodies.
+        self.stats.redacted_values += self.decorator.redact(&mut event) as u64;
         if let Some(t) = event.end_time() {
             self.advance(t, out);
         }
@@ -202,6 +215,68 @@ impl Pipeline {
         self.aggregator.finish(out);
     }
 
+    /// Turns what the decorator found into span events and attributes of the request span.
+    fn describe(&mut self, d: &Decoration, event: &AuditEvent, place: &mut Placement) {
+        use kubetrail_model::{AttrKey, AttrValue, SpanEventRecord};
+        let at = event.end_time().unwrap_or_default();
+        if d.had_prior_state {
+            self.stats.diffs += 1;
+            place.attributes.push((
+                AttrKey::Borrowed("kubetrail.diff.changes"),
+                AttrValue::Int((d.changes.len() + d.more_changes) as i64),
+            ));
+        }
+        if d.noop {
+            self.stats.noop_updates += 1;
+            place.attributes.push((
+                AttrKey::Borrowed("kubetrail.diff.noop"),
+                AttrValue::Bool(true),
+            ));
+        }
+        for c in &d.changes {
+            let mut attributes = vec![(AttrKey::Borrowed("path"), AttrValue::Str(c.path.clone()))];
+            if let Some(old) = &c.old {
+                attributes.push((AttrKey::Borrowed("old"), AttrValue::Str(old.clone())));
+            }
+            if let Some(new) = &c.new {
+                attributes.push((AttrKey::Borrowed("new"), AttrValue::Str(new.clone())));
+            }
+            let name = match (&c.old, &c.new) {
+                (Some(_), Some(_)) => "changed",
+                (None, _) => "added",
+                (Some(_), None) => "removed",
+            }
+            .to_owned();
+            place.span_events.push(SpanEventRecord {
+                time: at,
+                name,
+                attributes,
+            });
+        }
+        if d.more_changes > 0 {
+            place.span_events.push(SpanEventRecord {
+                time: at,
+                name: format!("… and {} more changes", d.more_changes),
+                attributes: vec![],
+            });
+        }
+        if let Some(snapshot) = &d.snapshot {
+            let name = if event.verb == "create" {
+                "snapshot (created)"
+            } else {
+                "snapshot (deleted)"
+            };
+            place.span_events.push(SpanEventRecord {
+                time: at,
+                name: name.to_owned(),
+                attributes: vec![(
+                    AttrKey::Borrowed("object"),
+                    AttrValue::Str(snapshot.clone()),
+                )],
+            });
+        }
+    }
+
     /// A Kubernetes Event goes on the span of the object it is about.
     fn process_kube_event(
         &mut self,
@@ -230,6 +305,8 @@ impl Pipeline {
             kube_event: Some(info),
             links: Vec::new(),
             objsetid: None,
+            span_events: Vec::new(),
+            attributes: Vec::new(),
         };
         self.aggregator.add_request(event, place, out);
     }
@@ -309,7 +386,7 @@ impl Pipeline {
         };
         let ancestors = self.linker.ancestors(&object);
         let code = event.response_code().unwrap_or(200);
-        let place = Placement {
+        let mut place = Placement {
             cluster: cluster.to_owned(),
             object,
             ancestors,
@@ -320,7 +397,11 @@ impl Pipeline {
             kube_event: None,
             links,
             objsetid,
+            span_events: Vec::new(),
+            attributes: Vec::new(),
         };
+        let decoration = self.decorator.decorate(cluster, &place.object, event);
+        self.describe(&decoration, event, &mut place);
         self.aggregator.add_request(event, place, out);
     }
 }

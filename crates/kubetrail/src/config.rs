@@ -33,6 +33,8 @@ pub struct Config {
     pub aggregate: AggregatorConfig,
     /// Merging of request stages.
     pub requests: RequestConfig,
+    /// Diffs, snapshots, redaction.
+    pub decorate: kubetrail_decorate::DecorateConfig,
     /// Where spans go.
     pub export: ExportSection,
     /// The audit webhook (`serve`, `receive`).
@@ -199,8 +201,12 @@ impl Config {
         };
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
-        serde_yaml::from_str(&text)
-            .with_context(|| format!("invalid config file {}", path.display()))
+        let config: Config = serde_yaml::from_str(&text)
+            .with_context(|| format!("invalid config file {}", path.display()))?;
+        config.decorate.validate().map_err(|e| {
+            anyhow::anyhow!("invalid config file {}: decorate: {e}", path.display())
+        })?;
+        Ok(config)
     }
 
     /// The pipeline's part of the configuration.
@@ -210,6 +216,7 @@ impl Config {
             link: self.link.clone(),
             aggregate: self.aggregate.clone(),
             requests: self.requests.clone(),
+            decorate: self.decorate.clone(),
         }
     }
 

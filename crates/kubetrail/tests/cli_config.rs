@@ -5,7 +5,10 @@
 use std::process::Command;
 
 fn help(sub: &str) -> String {
-    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail")).args([sub, "--help"]).output().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args([sub, "--help"])
+        .output()
+        .unwrap();
     assert!(out.status.success());
     String::from_utf8(out.stdout).unwrap()
 }
@@ -29,7 +32,10 @@ fn every_config_key_named_in_help_is_in_the_reference_config() {
         let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
         for part in joined.split("(config: `").skip(1) {
             let key = part.split('`').next().unwrap();
-            assert!(lookup(&reference, key).is_some(), "`kubetrail {sub} --help` names config key {key}, missing from examples/kubetrail.yaml");
+            assert!(
+                lookup(&reference, key).is_some(),
+                "`kubetrail {sub} --help` names config key {key}, missing from examples/kubetrail.yaml"
+            );
             checked += 1;
         }
     }
@@ -43,7 +49,11 @@ fn every_config_flag_has_an_environment_variable() {
         let joined = text.split_whitespace().collect::<Vec<_>>().join(" ");
         for part in joined.split("(config: `").skip(1) {
             let rest = part.split_once(')').map(|(_, r)| r).unwrap_or("");
-            assert!(rest.trim_start().starts_with("[env: KUBETRAIL_"), "`kubetrail {sub}`: a config flag without an env var near: {}", &part[..part.len().min(80)]);
+            assert!(
+                rest.trim_start().starts_with("[env: KUBETRAIL_"),
+                "`kubetrail {sub}`: a config flag without an env var near: {}",
+                &part[..part.len().min(80)]
+            );
         }
     }
 }
@@ -55,17 +65,34 @@ fn the_reference_config_is_accepted_and_a_typo_is_not() {
     std::fs::write(&log, "").unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/kubetrail.yaml");
     let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(["replay", "--config", path, "--otlp-json", dir.path().join("o.jsonl").to_str().unwrap(), log.to_str().unwrap()])
+        .args([
+            "replay",
+            "--config",
+            path,
+            "--otlp-json",
+            dir.path().join("o.jsonl").to_str().unwrap(),
+            log.to_str().unwrap(),
+        ])
         .env_remove("KUBETRAIL_OTLP_ENDPOINT")
         .output()
         .unwrap();
     // The reference config names an OTLP endpoint that does not resolve here; an empty input
     // exports nothing, so the run succeeds.
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "aggregate:\n  windw: 10m\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(["replay", "--config", bad.to_str().unwrap(), "--tree", log.to_str().unwrap()])
+        .args([
+            "replay",
+            "--config",
+            bad.to_str().unwrap(),
+            "--tree",
+            log.to_str().unwrap(),
+        ])
         .output()
         .unwrap();
     assert!(!out.status.success());
@@ -75,13 +102,22 @@ fn the_reference_config_is_accepted_and_a_typo_is_not() {
 #[test]
 fn environment_overrides_the_config_file_and_flags_override_the_environment() {
     let dir = tempfile::tempdir().unwrap();
-    let log = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/rollout.audit.log");
+    let log = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/rollout.audit.log"
+    );
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, "cluster: from-file\n").unwrap();
     let cluster_of = |env: Option<&str>, flag: Option<&str>| -> String {
         let out_file = dir.path().join("o.jsonl");
         let mut c = Command::new(env!("CARGO_BIN_EXE_kubetrail"));
-        c.args(["replay", "--config", cfg.to_str().unwrap(), "--otlp-json", out_file.to_str().unwrap()]);
+        c.args([
+            "replay",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--otlp-json",
+            out_file.to_str().unwrap(),
+        ]);
         if let Some(f) = flag {
             c.args(["--cluster", f]);
         }
@@ -92,7 +128,10 @@ fn environment_overrides_the_config_file_and_flags_override_the_environment() {
         assert!(c.output().unwrap().status.success());
         let text = std::fs::read_to_string(&out_file).unwrap();
         let v: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
-        let attrs = v["resourceSpans"][0]["resource"]["attributes"].as_array().unwrap().clone();
+        let attrs = v["resourceSpans"][0]["resource"]["attributes"]
+            .as_array()
+            .unwrap()
+            .clone();
         attrs
             .iter()
             .find(|a| a["key"] == "k8s.cluster.name")
