@@ -1,0 +1,249 @@
+//! Secrets never leave: a value planted in a Secret (data, stringData, the kubectl
+//! last-applied annotation, a patch) and in a configured redaction path is searched for in
+//! every output — OTLP spans, the OTLP/JSON file, the terminal tree, and logs at trace level —
+//! through both `replay` and the `serve` webhook.
+
+use std::process::Stdio;
+
+use kubetrail_testkit::{ApiServerClient, OtlpReceiver};
+use serde_json::{Value, json};
+use tokio::process::Command;
+
+const PLANTED: &str = "PLANTED-s3cr3t-9f2c1e";
+
+fn b64(s: &str) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for c in b.chunks(3) {
+        let n = (u32::from(c[0]) << 16)
+            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*c.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= c.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn event(
+    id: &str,
+    verb: &str,
+    resource: &str,
+    name: &str,
+    group: &str,
+    request: Value,
+    response: Value,
+    t: &str,
+) -> Value {
+    json!({
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse", "auditID": id,
+        "stage": "ResponseComplete", "requestURI": format!("/api/v1/namespaces/shop/{resource}/{name}"), "verb": verb,
+        "user": {"username": "kubernetes-admin"}, "userAgent": "kubectl/v1.30.2 (linux/amd64) kubernetes/3968350",
+        "objectRef": {"resource": resource, "namespace": "shop", "name": name, "apiGroup": group, "apiVersion": "v1"},
+        "responseStatus": {"code": 200}, "requestObject": request, "responseObject": response,
+        "requestReceivedTimestamp": t, "stageTimestamp": t
+    })
+}
+
+fn events() -> Vec<Value> {
+    let secret = |rv: &str| {
+        json!({"kind": "Secret", "apiVersion": "v1",
+            "metadata": {"name": "db", "namespace": "shop", "uid": "s1", "resourceVersion": rv,
+                "annotations": {"kubectl.kubernetes.io/last-applied-configuration": format!("{{\"stringData\":{{\"password\":\"{PLANTED}\"}}}}")}},
+            "data": {"password": b64(PLANTED)}, "type": "Opaque"})
+    };
+    let deployment = json!({"kind": "Deployment", "apiVersion": "apps/v1",
+        "metadata": {"name": "web", "namespace": "shop", "uid": "d1"},
+        "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "nginx", "env": [{"name": "DB_PASSWORD", "value": PLANTED}]}]}}}});
+    vec![
+        event(
+            "a1",
+            "create",
+            "secrets",
+            "db",
+            "",
+            secret("1"),
+            secret("1"),
+            "2024-05-01T10:00:00.000001Z",
+        ),
+        event(
+            "a2",
+            "patch",
+            "secrets",
+            "db",
+            "",
+            json!({"stringData": {"password": format!("{PLANTED}-2")}}),
+            secret("2"),
+            "2024-05-01T10:00:01.000001Z",
+        ),
+        event(
+            "a3",
+            "create",
+            "deployments",
+            "web",
+            "apps",
+            deployment.clone(),
+            deployment,
+            "2024-05-01T10:00:02.000001Z",
+        ),
+    ]
+}
+
+const CONFIG: &str =
+    "decorate:\n  redact:\n    paths: [\"spec.template.spec.containers[*].env[*].value\"]\n";
+
+fn assert_clean(what: &str, text: &str) {
+    assert!(
+        !text.contains(PLANTED),
+        "{what} contains the planted secret"
+    );
+    assert!(
+        !text.contains(&b64(PLANTED)),
+        "{what} contains the planted secret, base64"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_outputs_and_logs_hold_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let lines: Vec<String> = events().iter().map(Value::to_string).collect();
+    std::fs::write(&log, lines.join("\n")).unwrap();
+    assert!(
+        std::fs::read_to_string(&log).unwrap().contains(PLANTED),
+        "the input does hold it"
+    );
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let json = dir.path().join("o.jsonl");
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args([
+            "--log-level",
+            "trace",
+            "replay",
+            "--tree",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .args([
+            "--otlp-json",
+            json.to_str().unwrap(),
+            "--otlp-endpoint",
+            &otlp.grpc_endpoint(),
+        ])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("create secrets"), "{stdout}");
+    assert!(
+        stdout.contains("<redacted sha256:"),
+        "the change is still visible, as a hash: {stdout}"
+    );
+    assert!(
+        stderr.contains("TRACE") || stderr.contains("DEBUG"),
+        "logs were on"
+    );
+    assert_clean("the tree", &stdout);
+    assert_clean("the logs", &stderr);
+    assert_clean(
+        "the OTLP/JSON file",
+        &std::fs::read_to_string(&json).unwrap(),
+    );
+    let spans = format!("{:?}", otlp.spans());
+    assert!(spans.contains("kubetrail.diff"), "diffs were exported");
+    assert_clean("the OTLP spans", &spans);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_outputs_and_logs_hold_no_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let json = dir.path().join("o.jsonl");
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args([
+            "--log-level",
+            "trace",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            cfg.to_str().unwrap(),
+        ])
+        .args([
+            "--otlp-json",
+            json.to_str().unwrap(),
+            "--otlp-endpoint",
+            &otlp.grpc_endpoint(),
+        ])
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut log = String::new();
+    let addr = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("serve exited early");
+        log.push_str(&line);
+        log.push('\n');
+        if let Some(rest) = line.strip_prefix("kubetrail serve: listening on ") {
+            break rest.split_whitespace().next().unwrap().to_owned();
+        }
+    };
+    let drain = tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let report = ApiServerClient::new(&format!("http://{addr}/audit/c1"))
+        .send_events(&events())
+        .await
+        .unwrap();
+    assert!(report.all_delivered());
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(child.wait().await.unwrap().success());
+    let log = drain.await.unwrap();
+    assert!(
+        log.contains("TRACE") || log.contains("DEBUG"),
+        "logs were on"
+    );
+    assert_clean("the logs", &log);
+    assert_clean(
+        "the OTLP/JSON file",
+        &std::fs::read_to_string(&json).unwrap(),
+    );
+    let spans = otlp.spans();
+    assert_eq!(spans.iter().filter(|s| s.kind == 2).count(), 3);
+    assert_clean("the OTLP spans", &format!("{spans:?}"));
+}
