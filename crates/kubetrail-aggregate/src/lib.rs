@@ -93,6 +93,20 @@ pub struct Placement {
     pub span_events: Vec<kubetrail_model::SpanEventRecord>,
     /// Extra attributes for the request span.
     pub attributes: Vec<(AttrKey, AttrValue)>,
+    /// Secondary links of the object (linker rules): span links, not parenthood.
+    pub secondary: Vec<SecondaryLink>,
+}
+
+/// A secondary link: the object's span links to another object's span (in that object's
+/// family's trace), e.g. a Pod to its Node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SecondaryLink {
+    /// The rule that found it.
+    pub rule: String,
+    /// The other object.
+    pub target: ObjectRef,
+    /// The root of the other object's family (its trace).
+    pub root: ObjectRef,
 }
 
 /// Span links an object span keeps at most (distinct traceparents seen in the window).
@@ -139,6 +153,8 @@ struct FamilyKey {
 
 #[derive(Debug)]
 struct ObjectState {
+    /// The object's effective cluster.
+    cluster: String,
     object: ObjectRef,
     parent: Option<ObjectRef>,
     segment: u32,
@@ -243,10 +259,16 @@ impl Aggregator {
         key: &FamilyKey,
         object: ObjectRef,
         parent: Option<ObjectRef>,
+        event_cluster: &str,
     ) -> ObjectState {
-        let segment = self.next_segment(key.window_start, &key.cluster, &object);
+        let cluster = object
+            .cluster
+            .clone()
+            .unwrap_or_else(|| event_cluster.to_owned());
+        let segment = self.next_segment(key.window_start, &cluster, &object);
         ObjectState {
-            span_id: ids::object_span_id(&key.cluster, &object, key.window_start, segment),
+            span_id: ids::object_span_id(&cluster, &object, key.window_start, segment),
+            cluster,
             object,
             parent,
             segment,
@@ -268,8 +290,13 @@ impl Aggregator {
         let end = end.max(start);
         let window_start = self.window_start(start);
         let root = place.ancestors.last().unwrap_or(&place.object).clone();
+        // The trace belongs to the root's cluster (a parent in another cluster, named by a
+        // linker rule, makes the family span clusters).
         let key = FamilyKey {
-            cluster: place.cluster.clone(),
+            cluster: root
+                .cluster
+                .clone()
+                .unwrap_or_else(|| place.cluster.clone()),
             window_start,
             root,
         };
@@ -312,7 +339,7 @@ impl Aggregator {
                 .get(&id)
                 .is_some_and(|f| f.objects.contains_key(&obj));
             if !exists {
-                let st = self.new_state(&key, obj.clone(), parent);
+                let st = self.new_state(&key, obj.clone(), parent, &place.cluster);
                 if let Some(f) = self.families.get_mut(&id) {
                     f.objects.insert(obj, st);
                     self.open_objects += 1;
@@ -376,6 +403,31 @@ impl Aggregator {
         }
         if place.objsetid.is_some() {
             st.objsetid = place.objsetid.clone();
+        }
+        for sec in &place.secondary {
+            let target_cluster = sec.target.cluster.as_deref().unwrap_or(&place.cluster);
+            let root_cluster = sec.root.cluster.as_deref().unwrap_or(&place.cluster);
+            let link = SpanLinkRecord {
+                trace_id: ids::trace_id(root_cluster, &sec.root, window_start),
+                span_id: ids::object_span_id(target_cluster, &sec.target, window_start, 0),
+                attributes: vec![
+                    (
+                        AttrKey::Borrowed("kubetrail.link.rule"),
+                        AttrValue::Str(sec.rule.clone()),
+                    ),
+                    (
+                        AttrKey::Borrowed("kubetrail.link.target"),
+                        AttrValue::Str(sec.target.to_string()),
+                    ),
+                ],
+            };
+            let seen = st
+                .links
+                .iter()
+                .any(|l| l.trace_id == link.trace_id && l.span_id == link.span_id);
+            if !seen && st.links.len() < MAX_OBJECT_LINKS {
+                st.links.push(link);
+            }
         }
         let parent_span = st.span_id;
         let object = st.object.clone();
@@ -441,7 +493,7 @@ impl Aggregator {
         self.segments
             .entry(key.window_start)
             .or_default()
-            .insert((key.cluster.clone(), st.object.clone()), st.segment + 1);
+            .insert((st.cluster.clone(), st.object.clone()), st.segment + 1);
     }
 
     fn emit_object_now(&mut self, id: u64, obj: &ObjectRef, out: &mut Vec<SpanRecord>) {
@@ -462,7 +514,7 @@ impl Aggregator {
             self.stats.object_spans += 1;
         }
         self.bump_segment(&key, &old);
-        let mut fresh = self.new_state(&key, obj.clone(), old.parent.clone());
+        let mut fresh = self.new_state(&key, obj.clone(), old.parent.clone(), &old.cluster);
         fresh.kind = old.kind;
         if let Some(f) = self.families.get_mut(&id) {
             f.objects.insert(obj.clone(), fresh);
@@ -532,7 +584,7 @@ impl Aggregator {
         owner_only: bool,
     ) -> SpanRecord {
         let mut a: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(20);
-        attrs::object_identity(&mut a, &key.cluster, &st.object);
+        attrs::object_identity(&mut a, &st.cluster, &st.object);
         if let Some(k) = &st.kind {
             attrs::push(&mut a, attrs::OBJECT_KIND, k.as_str());
         }
@@ -570,7 +622,7 @@ impl Aggregator {
             start,
             end,
             service: self.config.object_service.clone(),
-            cluster: key.cluster.clone(),
+            cluster: st.cluster.clone(),
             attributes: a,
             events: vec![],
             links: st.links.clone(),

@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod rules;
+
 use std::num::NonZeroUsize;
 
 use lru::LruCache;
@@ -20,6 +22,9 @@ use serde::Deserialize;
 
 use kubetrail_model::ids::{SpanId, TraceId, parse_traceparent};
 use kubetrail_model::{ObjectHead, ObjectRef};
+use serde_json::value::RawValue;
+
+pub use rules::{LinkRule, Relation, default_rules};
 
 /// Linker settings (`link:` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -35,6 +40,9 @@ pub struct LinkerConfig {
     /// Annotation holding the KEP's object-set id, kept as the attribute
     /// `kubetrail.object.objsetid`.
     pub objsetid_annotation: String,
+    /// Parent and secondary-link rules beyond ownerReferences (see [`LinkRule`]); parent rules
+    /// take precedence over ownerReferences, in order. Default: [`default_rules`].
+    pub rules: Vec<LinkRule>,
 }
 
 impl Default for LinkerConfig {
@@ -47,6 +55,7 @@ impl Default for LinkerConfig {
                 "game.kruise.io/traceparent".into(),
             ],
             objsetid_annotation: "trace.kubernetes.io/objsetid".into(),
+            rules: default_rules(),
         }
     }
 }
@@ -65,8 +74,10 @@ pub struct AnnotationLinks {
 #[derive(Debug, Clone)]
 struct Node {
     object: ObjectRef,
-    /// The controlling owner: its uid and where its reference places it.
+    /// The owner: from a parent rule, else the controlling owner reference.
     owner: Option<ObjectRef>,
+    /// Secondary links: (rule name, other object).
+    secondary: Vec<(String, ObjectRef)>,
 }
 
 /// The learned object graph and owner resolution.
@@ -103,6 +114,16 @@ impl Linker {
     ///
     /// Fills in `object.uid` from the graph when the event did not carry it.
     pub fn observe(&mut self, object: &mut ObjectRef, head: Option<&ObjectHead>) {
+        self.observe_body(object, head, None);
+    }
+
+    /// Like [`Linker::observe`], with the raw body for field rules (`spec.nodeName`).
+    pub fn observe_body(
+        &mut self,
+        object: &mut ObjectRef,
+        head: Option<&ObjectHead>,
+        body: Option<&RawValue>,
+    ) {
         if object.uid.is_none() {
             object.uid = self.by_ref.get(object).cloned();
         }
@@ -110,16 +131,38 @@ impl Linker {
             return;
         };
         self.by_ref.put(object.clone(), uid.clone());
-        let owner = head
-            .and_then(ObjectHead::controller)
-            .map(|o| ObjectRef::from_owner_ref(o, &object.namespace))
-            .filter(|o| o.uid.as_deref() != Some(uid.as_str()));
+        let mut rule_owner = None;
+        let mut secondary = Vec::new();
+        if let Some(h) = head {
+            let value = rules::body_value(&self.config.rules, object, body);
+            for rule in self.config.rules.iter().filter(|r| r.applies_to(object)) {
+                let Some(found) = rule.find(object, h, value.as_ref()) else {
+                    continue;
+                };
+                if found == *object {
+                    continue;
+                }
+                match rule.relation {
+                    Relation::Parent if rule_owner.is_none() => rule_owner = Some(found),
+                    Relation::Parent => {}
+                    Relation::Secondary => secondary.push((rule.name.clone(), found)),
+                }
+            }
+        }
+        let owner = rule_owner.or_else(|| {
+            head.and_then(ObjectHead::controller)
+                .map(|o| ObjectRef::from_owner_ref(o, &object.namespace))
+                .filter(|o| o.uid.as_deref() != Some(uid.as_str()))
+        });
         match self.by_uid.get_mut(&uid) {
             Some(node) => {
                 node.object = object.clone();
                 // A partial body (a patch) that names no owner does not orphan the object.
                 if owner.is_some() {
                     node.owner = owner;
+                }
+                if !secondary.is_empty() {
+                    node.secondary = secondary;
                 }
             }
             None => {
@@ -128,6 +171,7 @@ impl Linker {
                     Node {
                         object: object.clone(),
                         owner,
+                        secondary,
                     },
                 );
             }
@@ -148,6 +192,21 @@ impl Linker {
             .and_then(|u| self.by_uid.get(u))
             .map(|n| n.object.clone());
         Some(known.unwrap_or(owner))
+    }
+
+    /// The secondary links known for an object: (rule name, other object).
+    pub fn secondary(&mut self, object: &ObjectRef) -> Vec<(String, ObjectRef)> {
+        let uid = match &object.uid {
+            Some(u) => u.clone(),
+            None => match self.by_ref.get(object) {
+                Some(u) => u.clone(),
+                None => return Vec::new(),
+            },
+        };
+        self.by_uid
+            .get(&uid)
+            .map(|n| n.secondary.clone())
+            .unwrap_or_default()
     }
 
     /// The span links and object-set id an object body's annotations carry.
@@ -203,6 +262,7 @@ mod tests {
             namespace: ns.into(),
             name: name.into(),
             uid: uid.map(Into::into),
+            cluster: None,
         }
     }
 

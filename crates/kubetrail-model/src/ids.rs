@@ -173,6 +173,7 @@ mod tests {
             namespace: "shop".into(),
             name: name.into(),
             uid: None,
+            cluster: None,
         }
     }
 

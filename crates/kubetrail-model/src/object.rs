@@ -29,6 +29,9 @@ pub struct ObjectRef {
     pub name: String,
     /// The uid, when known.
     pub uid: Option<String>,
+    /// The cluster, when it is not the one the mentioning event came from (a parent in another
+    /// cluster, named by a linker rule). `None` means "the event's own cluster".
+    pub cluster: Option<String>,
 }
 
 impl PartialEq for ObjectRef {
@@ -37,6 +40,7 @@ impl PartialEq for ObjectRef {
             && self.resource == o.resource
             && self.namespace == o.namespace
             && self.group == o.group
+            && self.cluster == o.cluster
     }
 }
 
@@ -46,6 +50,7 @@ impl std::hash::Hash for ObjectRef {
         self.resource.hash(h);
         self.namespace.hash(h);
         self.name.hash(h);
+        self.cluster.hash(h);
     }
 }
 
@@ -57,12 +62,14 @@ impl PartialOrd for ObjectRef {
 
 impl Ord for ObjectRef {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (&self.namespace, &self.group, &self.resource, &self.name).cmp(&(
-            &o.namespace,
-            &o.group,
-            &o.resource,
-            &o.name,
-        ))
+        (
+            &self.cluster,
+            &self.namespace,
+            &self.group,
+            &self.resource,
+            &self.name,
+        )
+            .cmp(&(&o.cluster, &o.namespace, &o.group, &o.resource, &o.name))
     }
 }
 
@@ -118,6 +125,7 @@ impl ObjectRef {
             namespace,
             name: name.to_owned(),
             uid,
+            cluster: None,
         })
     }
 
@@ -145,6 +153,7 @@ impl ObjectRef {
             namespace,
             name: owner.name.clone(),
             uid: Some(owner.uid.clone()).filter(|u| !u.is_empty()),
+            cluster: None,
         }
     }
 
@@ -227,6 +236,7 @@ impl std::str::FromStr for ObjectRef {
             namespace: namespace.to_owned(),
             name: name.to_owned(),
             uid: None,
+            cluster: None,
         })
     }
 }

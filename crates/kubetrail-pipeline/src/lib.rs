@@ -307,6 +307,7 @@ impl Pipeline {
             objsetid: None,
             span_events: Vec::new(),
             attributes: Vec::new(),
+            secondary: Vec::new(),
         };
         self.aggregator.add_request(event, place, out);
     }
@@ -357,10 +358,12 @@ impl Pipeline {
                     namespace: r.namespace.clone().unwrap_or_default(),
                     name: String::new(),
                     uid: None,
+                    cluster: None,
                 }
             }
         };
-        self.linker.observe(&mut object, head.as_ref());
+        self.linker
+            .observe_body(&mut object, head.as_ref(), event.object_body());
         let (links, objsetid) = match head.as_ref() {
             Some(h) => {
                 let a = self.linker.annotation_links(h);
@@ -384,7 +387,13 @@ impl Pipeline {
             }
             None => (Vec::new(), None),
         };
-        let ancestors = self.linker.ancestors(&object);
+        let mut ancestors = self.linker.ancestors(&object);
+        for a in &mut ancestors {
+            // A reference to this very cluster is the same object as one without a cluster.
+            if a.cluster.as_deref() == Some(cluster) {
+                a.cluster = None;
+            }
+        }
         let code = event.response_code().unwrap_or(200);
         let mut place = Placement {
             cluster: cluster.to_owned(),
@@ -399,7 +408,18 @@ impl Pipeline {
             objsetid,
             span_events: Vec::new(),
             attributes: Vec::new(),
+            secondary: Vec::new(),
         };
+        for (rule, target) in self.linker.secondary(&place.object) {
+            let root = self
+                .linker
+                .ancestors(&target)
+                .pop()
+                .unwrap_or_else(|| target.clone());
+            place
+                .secondary
+                .push(kubetrail_aggregate::SecondaryLink { rule, target, root });
+        }
         let decoration = self.decorator.decorate(cluster, &place.object, event);
         self.describe(&decoration, event, &mut place);
         self.aggregator.add_request(event, place, out);

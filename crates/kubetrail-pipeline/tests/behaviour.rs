@@ -224,3 +224,101 @@ fn traceparent_annotations_become_span_links_and_bad_ones_are_counted() {
         assert_eq!(s.attr_str("kubetrail.object.objsetid"), Some("set-7"));
     }
 }
+
+#[test]
+fn pod_links_to_its_node_and_parent_link_annotation_wins_across_clusters() {
+    use kubetrail_model::ids;
+    // A Pod scheduled on worker-1, with an owner reference AND a Kelemetry parent-link
+    // annotation naming a Deployment in another cluster: the annotation wins.
+    let pod = r#","responseObject":{"kind":"Pod","metadata":{"name":"web-1-a","namespace":"shop","uid":"p1",
+        "annotations":{"kelemetry.kubewharf.io/parent-link":"{\"cluster\":\"hub\",\"group\":\"apps\",\"resource\":\"deployments\",\"namespace\":\"fleet\",\"name\":\"web\"}"},
+        "ownerReferences":[{"apiVersion":"apps/v1","kind":"ReplicaSet","name":"web-1","uid":"rs1","controller":true}]},
+        "spec":{"nodeName":"worker-1"}}"#;
+    let e = ev(
+        "n1",
+        "ResponseComplete",
+        "update",
+        "/api/v1/namespaces/shop/pods/web-1-a",
+        POD,
+        pod,
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T00:00:00.01Z",
+    );
+    let (spans, _) = run([e]);
+    let window = 1_704_067_200_000_000_000; // 2024-01-01T00:00:00Z is a window boundary
+    let hub_deployment = kubetrail_model::ObjectRef {
+        group: "apps".into(),
+        resource: "deployments".into(),
+        namespace: "fleet".into(),
+        name: "web".into(),
+        uid: None,
+        cluster: Some("hub".into()),
+    };
+    let pod_span = spans.iter().find(|s| s.name == "pods").unwrap();
+    // The family's trace is the hub Deployment's, and the pod hangs directly under it.
+    assert_eq!(
+        pod_span.trace_id,
+        ids::trace_id("hub", &hub_deployment, window)
+    );
+    assert_eq!(
+        pod_span.parent_span_id,
+        Some(ids::object_span_id("hub", &hub_deployment, window, 0))
+    );
+    let root = spans.iter().find(|s| s.name == "deployments.apps").unwrap();
+    assert_eq!(root.cluster, "hub");
+    assert_eq!(root.attr_str("k8s.cluster.name"), Some("hub"));
+    assert_eq!(pod_span.cluster, "test");
+    // The Node is a secondary link into the node's own trace, not a parent.
+    let node = kubetrail_model::ObjectRef {
+        resource: "nodes".into(),
+        name: "worker-1".into(),
+        ..Default::default()
+    };
+    assert_eq!(pod_span.links.len(), 1);
+    assert_eq!(
+        pod_span.links[0].trace_id,
+        ids::trace_id("test", &node, window)
+    );
+    assert_eq!(
+        pod_span.links[0].span_id,
+        ids::object_span_id("test", &node, window, 0)
+    );
+    assert_eq!(pod_span.links[0].attributes[0].1, "pod-node".into());
+}
+
+#[test]
+fn configured_field_rule_makes_a_parent() {
+    // A custom rule: ConfigMaps are placed under the Deployment named in .data.owner.
+    let cfg: kubetrail_pipeline::PipelineConfig = serde_yaml::from_str(
+        r#"
+link:
+  rules:
+    - name: cm-owner
+      resources: [configmaps]
+      field: data.owner
+      target: deployments.apps
+      relation: parent
+"#,
+    )
+    .unwrap();
+    let cm = r#","responseObject":{"kind":"ConfigMap","metadata":{"name":"cfg","namespace":"shop","uid":"c1"},"data":{"owner":"web"}}"#;
+    let e = ev(
+        "c1",
+        "ResponseComplete",
+        "update",
+        "/api/v1/namespaces/shop/configmaps/cfg",
+        r#"{"resource":"configmaps","namespace":"shop","name":"cfg","apiVersion":"v1"}"#,
+        cm,
+        "2024-01-01T00:00:00Z",
+        "2024-01-01T00:00:00.01Z",
+    );
+    let mut p = kubetrail_pipeline::Pipeline::new(cfg);
+    let mut out = vec![];
+    p.push("c", e, &mut out);
+    p.finish(&mut out);
+    insta::assert_snapshot!(outline(&out), @r"
+    deployments.apps/shop/web [Int(0)]
+      configmaps/shop/cfg [Int(1)]
+        - update configmaps by replicaset-controller Int(200)
+    ");
+}

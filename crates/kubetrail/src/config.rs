@@ -203,6 +203,11 @@ impl Config {
             .with_context(|| format!("cannot read config file {}", path.display()))?;
         let config: Config = serde_yaml::from_str(&text)
             .with_context(|| format!("invalid config file {}", path.display()))?;
+        for rule in &config.link.rules {
+            rule.validate().map_err(|e| {
+                anyhow::anyhow!("invalid config file {}: link.rules: {e}", path.display())
+            })?;
+        }
         config.decorate.validate().map_err(|e| {
             anyhow::anyhow!("invalid config file {}: decorate: {e}", path.display())
         })?;

@@ -142,3 +142,28 @@ fn environment_overrides_the_config_file_and_flags_override_the_environment() {
     assert_eq!(cluster_of(Some("from-env"), None), "from-env");
     assert_eq!(cluster_of(Some("from-env"), Some("from-flag")), "from-flag");
 }
+
+#[test]
+fn a_broken_linker_rule_is_a_clear_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("empty.log");
+    std::fs::write(&log, "").unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "link:\n  rules:\n    - name: half\n      resources: [pods]\n      field: spec.nodeName\n      relation: parent\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args([
+            "replay",
+            "--config",
+            bad.to_str().unwrap(),
+            "--tree",
+            log.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("link.rules: rule half: a field rule needs a target resource"),
+        "{err}"
+    );
+}

@@ -89,6 +89,7 @@ pub fn web() -> ObjectRef {
         namespace: "shop".into(),
         name: "web".into(),
         uid: None,
+        cluster: None,
     }
 }
 
