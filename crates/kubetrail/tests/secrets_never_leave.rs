@@ -30,6 +30,7 @@ fn b64(s: &str) -> String {
     out
 }
 
+#[allow(clippy::too_many_arguments)]
 fn event(
     id: &str,
     verb: &str,
