@@ -95,6 +95,9 @@ pub struct Placement {
     pub attributes: Vec<(AttrKey, AttrValue)>,
     /// Secondary links of the object (linker rules): span links, not parenthood.
     pub secondary: Vec<SecondaryLink>,
+    /// Set when this placement is one item of a `deletecollection` whose response listed the
+    /// deleted items: the item's span gets a `delete` child of its own.
+    pub collection_item: bool,
 }
 
 /// A secondary link: the object's span links to another object's span (in that object's
@@ -662,6 +665,10 @@ fn request_span(
         attrs::push(&mut a, "kubetrail.object.objsetid", o.as_str());
     }
     let mut name = request_name(event);
+    if place.collection_item {
+        name = format!("delete {}", object.resource);
+        attrs::push(&mut a, "kubetrail.audit.deletecollection", true);
+    }
     let mut events = place.span_events.clone();
     a.extend(place.attributes.iter().cloned());
     if let Some(k) = &place.kube_event {
@@ -711,7 +718,11 @@ fn request_span(
     };
     SpanRecord {
         trace_id,
-        span_id: ids::request_span_id(&place.cluster, &event.audit_id),
+        span_id: if place.collection_item {
+            ids::collection_item_span_id(&place.cluster, &event.audit_id, object)
+        } else {
+            ids::request_span_id(&place.cluster, &event.audit_id)
+        },
         parent_span_id: Some(parent),
         name,
         kind: SpanKind::Request,

@@ -81,6 +81,8 @@ pub struct PipelineStats {
     pub untimed: u64,
     /// Requests placed on the collection rather than one object (no name known).
     pub on_collection: u64,
+    /// Items of `deletecollection` responses given a delete span of their own.
+    pub collection_items: u64,
     /// Secret values replaced by a salted hash before processing.
     pub redacted_values: u64,
     /// Requests whose diff against the object's previous state was computed.
@@ -215,6 +217,70 @@ impl Pipeline {
         self.aggregator.finish(out);
     }
 
+    /// A `deletecollection` whose response lists what it deleted: each item's own span gets a
+    /// `delete` child (the collection keeps the one request span).
+    fn delete_items(
+        &mut self,
+        cluster: &str,
+        event: &AuditEvent,
+        incomplete: bool,
+        out: &mut Vec<SpanRecord>,
+    ) {
+        #[derive(serde::Deserialize)]
+        struct List {
+            #[serde(default)]
+            items: Vec<ObjectHead>,
+        }
+        let Some(r) = event.object_ref.as_ref() else {
+            return;
+        };
+        let Some(list) = event
+            .response_object
+            .as_deref()
+            .and_then(|b| serde_json::from_str::<List>(b.get()).ok())
+        else {
+            return;
+        };
+        for item in list.items {
+            let Some(name) = item.metadata.name.clone().filter(|n| !n.is_empty()) else {
+                continue;
+            };
+            let mut object = ObjectRef {
+                group: r.api_group.clone().unwrap_or_default(),
+                resource: r.resource.clone().unwrap_or_default(),
+                namespace: item
+                    .metadata
+                    .namespace
+                    .clone()
+                    .or_else(|| r.namespace.clone())
+                    .unwrap_or_default(),
+                name,
+                uid: item.metadata.uid.clone(),
+                cluster: None,
+            };
+            self.linker.observe(&mut object, Some(&item));
+            let ancestors = self.linker.ancestors(&object);
+            self.stats.collection_items += 1;
+            let place = Placement {
+                cluster: cluster.to_owned(),
+                object,
+                ancestors,
+                kind: item.kind.clone(),
+                creates: false,
+                deletes: true,
+                incomplete,
+                kube_event: None,
+                links: Vec::new(),
+                objsetid: None,
+                span_events: Vec::new(),
+                attributes: Vec::new(),
+                secondary: Vec::new(),
+                collection_item: true,
+            };
+            self.aggregator.add_request(event, place, out);
+        }
+    }
+
     /// Turns what the decorator found into span events and attributes of the request span.
     fn describe(&mut self, d: &Decoration, event: &AuditEvent, place: &mut Placement) {
         use kubetrail_model::{AttrKey, AttrValue, SpanEventRecord};
@@ -308,6 +374,7 @@ impl Pipeline {
             span_events: Vec::new(),
             attributes: Vec::new(),
             secondary: Vec::new(),
+            collection_item: false,
         };
         self.aggregator.add_request(event, place, out);
     }
@@ -409,6 +476,7 @@ impl Pipeline {
             span_events: Vec::new(),
             attributes: Vec::new(),
             secondary: Vec::new(),
+            collection_item: false,
         };
         for (rule, target) in self.linker.secondary(&place.object) {
             let root = self
@@ -423,5 +491,8 @@ impl Pipeline {
         let decoration = self.decorator.decorate(cluster, &place.object, event);
         self.describe(&decoration, event, &mut place);
         self.aggregator.add_request(event, place, out);
+        if event.verb == "deletecollection" && (200..300).contains(&code) {
+            self.delete_items(cluster, event, incomplete, out);
+        }
     }
 }
