@@ -217,3 +217,171 @@ impl<C: AuditConsumer> Worker<C> {
         self.published = now;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use kubetrail_export::{ExportError, Exporter, ExporterConfig, SpanSink};
+    use kubetrail_queue::AuditBatch;
+    use tokio::sync::{Semaphore, mpsc};
+
+    use super::*;
+
+    /// A sink that holds each batch until the test releases it.
+    struct GatedSink {
+        gate: Arc<Semaphore>,
+        got: mpsc::UnboundedSender<usize>,
+        spans: Arc<Mutex<Vec<SpanRecord>>>,
+    }
+
+    #[async_trait::async_trait]
+    impl SpanSink for GatedSink {
+        async fn export(&mut self, batch: &[SpanRecord]) -> Result<(), ExportError> {
+            // Recorded and signalled before waiting at the gate: the exporter *has* them;
+            // delivery completes only when the gate opens.
+            self.spans.lock().unwrap().extend_from_slice(batch);
+            let _ = self.got.send(batch.len());
+            self.gate
+                .acquire()
+                .await
+                .map_err(|_| ExportError::permanent("gated", "closed"))?
+                .forget();
+            Ok(())
+        }
+        async fn finish(&mut self) -> Result<(), ExportError> {
+            Ok(())
+        }
+        fn name(&self) -> &'static str {
+            "gated"
+        }
+    }
+
+    fn event(t: &str) -> kubetrail_model::AuditEvent {
+        serde_json::from_str(&format!(
+            r#"{{"level":"Metadata","auditID":"{t}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/n/configmaps/c","verb":"update","user":{{"username":"u"}},"objectRef":{{"resource":"configmaps","namespace":"n","name":"c"}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"{t}","stageTimestamp":"{t}"}}"#
+        ))
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_acknowledged_only_after_its_spans_are_delivered() {
+        let gate = Arc::new(Semaphore::new(0));
+        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = GatedSink {
+            gate: gate.clone(),
+            got: got_tx,
+            spans: spans.clone(),
+        };
+        let config = ExporterConfig {
+            max_batch_delay: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let (exporter, exporter_task) = Exporter::spawn(vec![Box::new(sink)], config);
+        // Capacity for exactly one event: a second publish fails until the first is acked.
+        let (producer, consumer) = kubetrail_queue::embedded::channel(1);
+        let worker = Worker::new(
+            consumer,
+            Pipeline::new(Default::default()),
+            exporter,
+            WorkerConfig {
+                tick: None,
+                ..Default::default()
+            },
+        );
+        let worker = tokio::spawn(worker.run(std::future::pending()));
+        let batch = |t: &str| AuditBatch {
+            cluster: "c".into(),
+            events: vec![event(t)],
+            ..Default::default()
+        };
+        use kubetrail_queue::AuditProducer;
+        producer
+            .publish(batch("2024-01-01T00:00:00Z"))
+            .await
+            .unwrap();
+        // The exporter has the request span, but it is not delivered: the queue is still full.
+        assert_eq!(got.recv().await, Some(1));
+        assert!(
+            producer
+                .publish(batch("2024-01-01T00:00:01Z"))
+                .await
+                .is_err()
+        );
+        gate.add_permits(1);
+        // Delivered: the permit comes back and the next batch is accepted.
+        producer
+            .publish_wait(batch("2024-01-01T00:00:01Z"))
+            .await
+            .unwrap();
+        gate.add_permits(100);
+        producer.close();
+        drop(producer);
+        let report = worker.await.unwrap().unwrap();
+        assert_eq!(report.batches, 2);
+        drop(exporter_task.await.unwrap());
+        let spans = spans.lock().unwrap();
+        assert_eq!(
+            spans
+                .iter()
+                .filter(|s| s.kind == kubetrail_model::SpanKind::Request)
+                .count(),
+            2
+        );
+        assert_eq!(
+            spans
+                .iter()
+                .filter(|s| s.kind == kubetrail_model::SpanKind::Object)
+                .count(),
+            1,
+            "finish emits the open family"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn wall_clock_ticks_emit_quiet_families_without_new_events() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let gate = Arc::new(Semaphore::new(1000));
+        let sink = GatedSink {
+            gate,
+            got: tx,
+            spans: spans.clone(),
+        };
+        let config = ExporterConfig {
+            max_batch_delay: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let (exporter, _task) = Exporter::spawn(vec![Box::new(sink)], config);
+        let (producer, consumer) = kubetrail_queue::embedded::channel(100);
+        // An event from long ago (1970): the first wall-clock tick is far past its linger.
+        let worker = Worker::new(
+            consumer,
+            Pipeline::new(Default::default()),
+            exporter,
+            WorkerConfig::default(),
+        );
+        let _worker = tokio::spawn(worker.run(std::future::pending()));
+        use kubetrail_queue::AuditProducer;
+        producer
+            .publish(AuditBatch {
+                cluster: "c".into(),
+                events: vec![event("1970-01-01T00:00:01Z")],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        // Request span first, then — with no further event — the object span from a tick.
+        let mut total = 0;
+        while total < 2 {
+            total += rx.recv().await.unwrap();
+        }
+        let spans = spans.lock().unwrap();
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.kind == kubetrail_model::SpanKind::Object)
+        );
+    }
+}
