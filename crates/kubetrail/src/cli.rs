@@ -61,6 +61,12 @@ pub enum Command {
     /// (the object should be its family's top owner: a Deployment, a CronJob …; --search gives
     /// a tag search that finds any object).
     Url(UrlArgs),
+    /// The webhook in front of Kafka (scale-out): accepts the API server's batches and answers
+    /// 200 only once every event is acknowledged by the brokers (idempotent producer, acks=all).
+    Receive(ReceiveArgs),
+    /// A Kafka consumer-group member: runs the pipeline per assigned partition and exports;
+    /// offsets are committed only after the spans were exported.
+    Consume(ConsumeArgs),
 }
 
 /// Options shared by every command that runs the pipeline.
@@ -190,4 +196,52 @@ pub struct UrlArgs {
     /// The object: RESOURCE[.GROUP]/NAMESPACE/NAME, or RESOURCE[.GROUP]/NAME when cluster-scoped.
     #[arg(value_name = "OBJECT")]
     pub object: String,
+}
+
+/// Kafka options (`receive`, `consume`).
+#[derive(Debug, Args)]
+pub struct KafkaArgs {
+    /// Bootstrap brokers, comma-separated host:port (config: `kafka.brokers`).
+    #[arg(long, env = "KUBETRAIL_KAFKA_BROKERS")]
+    pub kafka_brokers: Option<String>,
+    /// Topic of audit events (config: `kafka.topic`).
+    #[arg(long, env = "KUBETRAIL_KAFKA_TOPIC")]
+    pub kafka_topic: Option<String>,
+    /// A librdkafka property passed through, KEY=VALUE, repeatable: security.protocol, sasl.*, ssl.* … (config: `kafka.properties`; no environment variable).
+    #[arg(long = "kafka-property", value_name = "KEY=VALUE")]
+    pub kafka_properties: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ReceiveArgs {
+    /// Config file (YAML): the `server` and `kafka` sections apply.
+    #[arg(long, env = "KUBETRAIL_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Cluster name for `POST /audit` (config: `cluster`).
+    #[arg(long, env = "KUBETRAIL_CLUSTER")]
+    pub cluster: Option<String>,
+    #[command(flatten)]
+    pub webhook: WebhookArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// How long shutdown may take to finish in-flight batches and flush the producer (config: `shutdown_timeout`).
+    #[arg(long, env = "KUBETRAIL_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Args)]
+pub struct ConsumeArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Consumer group: all consumers of one group share the partitions (config: `kafka.group`).
+    #[arg(long, env = "KUBETRAIL_KAFKA_GROUP")]
+    pub kafka_group: Option<String>,
+    /// Also write spans as OTLP/JSON lines to this file.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_json: Option<PathBuf>,
+    /// Serve GET /metrics, /healthz on this address (config: `server.listen`; off when absent).
+    #[arg(long, env = "KUBETRAIL_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }

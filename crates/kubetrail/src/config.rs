@@ -41,6 +41,8 @@ pub struct Config {
     pub server: ServerSection,
     /// The embedded queue (`serve`).
     pub queue: QueueSection,
+    /// Kafka (`receive`, `consume`).
+    pub kafka: kubetrail_kafka::KafkaConfig,
     /// How long shutdown may take to drain and flush.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,

@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod replay;
+mod scaleout;
 mod serve;
 mod timeline;
 mod url;
@@ -35,6 +36,8 @@ fn main() -> ExitCode {
             cli::Command::Serve(args) => serve::run(args).await,
             cli::Command::Timeline(args) => timeline::run(args).await,
             cli::Command::Url(args) => url::run(args).await,
+            cli::Command::Receive(args) => scaleout::receive(args).await,
+            cli::Command::Consume(args) => scaleout::consume(args).await,
         }
     });
     match result {

@@ -1,0 +1,182 @@
+//! Scale-out on Kafka: `kubetrail receive` (webhook → Kafka) and `kubetrail consume`
+//! (Kafka → pipeline → OTLP), the two halves of `serve` in separate processes.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use kubetrail_export::{Exporter, OtlpJsonFileSink, OtlpSink, SpanSink};
+use kubetrail_kafka::{KafkaConfig, KafkaProducer, PartitionedWorker, minimum_lookback};
+use kubetrail_queue::AuditProducer;
+use kubetrail_receiver::Receiver;
+use kubetrail_worker::WorkerConfig;
+
+use crate::cli::{ConsumeArgs, KafkaArgs, PipelineArgs, ReceiveArgs};
+use crate::config::{Config, DEFAULT_CLUSTER};
+use crate::replay::effective_config;
+use crate::serve::{receiver_config, shutdown_signal};
+
+const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The `kafka:` section with the flags and environment applied.
+fn kafka_config(
+    cfg: &Config,
+    args: &KafkaArgs,
+    group: Option<&str>,
+) -> anyhow::Result<KafkaConfig> {
+    let mut k = cfg.kafka.clone();
+    if let Some(b) = &args.kafka_brokers {
+        k.brokers = b.clone();
+    }
+    if let Some(t) = &args.kafka_topic {
+        k.topic = t.clone();
+    }
+    if let Some(g) = group {
+        k.group = g.to_owned();
+    }
+    for p in &args.kafka_properties {
+        let (key, value) = p
+            .split_once('=')
+            .with_context(|| format!("--kafka-property {p:?}: expected KEY=VALUE"))?;
+        k.properties
+            .push((key.trim().to_owned(), value.trim().to_owned()));
+    }
+    Ok(k)
+}
+
+pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal()?;
+    let cfg = Config::load(args.config.as_deref())?;
+    let cluster = args
+        .cluster
+        .clone()
+        .or(cfg.cluster.clone())
+        .unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
+    let metrics =
+        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
+    let kafka = kafka_config(&cfg, &args.kafka, None)?;
+    let producer =
+        Arc::new(KafkaProducer::new(&kafka).context("cannot create the Kafka producer")?);
+    let rc = receiver_config(&args.webhook, &cfg, &cluster)?;
+    let receiver = Receiver::bind(
+        rc,
+        producer.clone() as Arc<dyn AuditProducer>,
+        Arc::new(|| Ok(())),
+        Some(metrics),
+    )
+    .await
+    .context("cannot start the audit webhook")?;
+    eprintln!(
+        "kubetrail receive: listening on {} (POST /audit, /audit/{{cluster}}), producing to {} on {}",
+        receiver.local_addr(),
+        kafka.topic,
+        kafka.brokers
+    );
+    receiver
+        .serve(shutdown)
+        .await
+        .context("the audit webhook failed")?;
+    // Every batch answered 200 was acknowledged by the brokers already; flush what is left.
+    let deadline = args
+        .shutdown_timeout
+        .or(cfg.shutdown_timeout)
+        .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(deadline)).await?;
+    if let Err(e) = flushed {
+        eprintln!("kubetrail receive: the producer could not flush before the deadline: {e}");
+        return Ok(ExitCode::from(3));
+    }
+    eprintln!("kubetrail receive: stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = shutdown_signal()?;
+    let (cfg, _cluster) = effective_config(&args.pipeline)?;
+    let kafka = kafka_config(&cfg, &args.kafka, args.kafka_group.as_deref())?;
+    let pipeline = cfg.pipeline();
+    let minimum = minimum_lookback(&pipeline);
+    if kafka.lookback < minimum {
+        tracing::warn!(
+            lookback = ?kafka.lookback,
+            minimum = ?minimum,
+            "kafka.lookback is shorter than the window plus linger: after a restart, families that were open may be split"
+        );
+    }
+    let metrics =
+        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
+    kubetrail_export::describe_metrics();
+    let sinks = consume_sinks(&cfg, &args)?;
+    let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
+    let worker = PartitionedWorker::new(&kafka, pipeline, exporter, WorkerConfig::default())
+        .context("cannot join the Kafka consumer group")?;
+    if let Some(addr) = args.metrics_listen.or(cfg.server.listen) {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr}"))?;
+        let app = axum::Router::new()
+            .route(
+                "/metrics",
+                axum::routing::get(move || std::future::ready(metrics.render())),
+            )
+            .route(
+                "/healthz",
+                axum::routing::get(|| std::future::ready("ok\n")),
+            );
+        tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "metrics endpoint failed");
+            }
+        });
+        eprintln!("kubetrail consume: metrics on http://{addr}/metrics");
+    }
+    eprintln!(
+        "kubetrail consume: joined group {} on topic {} at {}",
+        kafka.group, kafka.topic, kafka.brokers
+    );
+    let report = worker.run(shutdown).await;
+    let export = exporter_task
+        .await
+        .context("the exporter stopped unexpectedly")?;
+    match report {
+        Ok(r) => {
+            let events: u64 = r.partitions.iter().map(|(_, w)| w.pipeline.events_in).sum();
+            eprintln!(
+                "kubetrail consume: stopped: {events} events from {} partition assignments, {} spans exported, {} dropped",
+                r.partitions.len(),
+                export.spans_exported,
+                export.spans_dropped
+            );
+            Ok(if export.spans_dropped > 0 {
+                ExitCode::from(3)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Err(e) => Err(anyhow::Error::new(e)
+            .context("the Kafka consumer failed (nothing unexported was committed)")),
+    }
+}
+
+fn consume_sinks(cfg: &Config, args: &ConsumeArgs) -> anyhow::Result<Vec<Box<dyn SpanSink>>> {
+    let p: &PipelineArgs = &args.pipeline;
+    let mut sinks: Vec<Box<dyn SpanSink>> = Vec::new();
+    if let Some(otlp) = cfg.otlp(p.otlp_endpoint.as_deref(), p.otlp_protocol)? {
+        sinks.push(Box::new(
+            OtlpSink::new(otlp).context("cannot set up the OTLP exporter")?,
+        ));
+    }
+    if let Some(path) = &args.otlp_json {
+        sinks.push(Box::new(
+            OtlpJsonFileSink::append(path)
+                .with_context(|| format!("cannot open {}", path.display()))?,
+        ));
+    }
+    if sinks.is_empty() {
+        anyhow::bail!(
+            "nothing to send spans to: give --otlp-endpoint or --otlp-json (or export.otlp in --config)"
+        );
+    }
+    Ok(sinks)
+}
