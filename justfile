@@ -30,3 +30,8 @@ bench:
 # Regenerate the example dump from the generator.
 example-dump:
     cargo run -p kubetrail-gen --example write_rollout > examples/rollout.audit.log
+
+# A local Kafka-protocol broker (tansu, in memory) on 127.0.0.1:19092 for development.
+kafka:
+    bash scripts/install-tansu.sh
+    .tools/bin/tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/
