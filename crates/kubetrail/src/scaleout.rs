@@ -19,6 +19,34 @@ use crate::serve::{receiver_config, shutdown_signal};
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Redacts secrets (the `decorate.redact` settings) before events are published, so no Secret
+/// value is ever written to the topic. The consumer redacts again (idempotent).
+struct RedactingProducer<P> {
+    inner: P,
+    decorator: kubetrail_decorate::Decorator,
+}
+
+#[async_trait::async_trait]
+impl<P: AuditProducer> AuditProducer for RedactingProducer<P> {
+    async fn publish(
+        &self,
+        mut batch: kubetrail_queue::AuditBatch,
+    ) -> Result<(), kubetrail_queue::PublishError> {
+        let mut redacted = 0;
+        for e in &mut batch.events {
+            redacted += self.decorator.redact(e);
+        }
+        if redacted > 0 {
+            metrics::counter!("kubetrail_values_redacted_total").increment(redacted as u64);
+        }
+        self.inner.publish(batch).await
+    }
+
+    fn health(&self) -> kubetrail_queue::QueueHealth {
+        self.inner.health()
+    }
+}
+
 /// The `kafka:` section with the flags and environment applied.
 fn kafka_config(
     cfg: &Config,
@@ -56,8 +84,10 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
     let metrics =
         kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
     let kafka = kafka_config(&cfg, &args.kafka, None)?;
-    let producer =
-        Arc::new(KafkaProducer::new(&kafka).context("cannot create the Kafka producer")?);
+    let producer = Arc::new(RedactingProducer {
+        inner: KafkaProducer::new(&kafka).context("cannot create the Kafka producer")?,
+        decorator: kubetrail_decorate::Decorator::new(cfg.decorate.clone()),
+    });
     let rc = receiver_config(&args.webhook, &cfg, &cluster)?;
     let receiver = Receiver::bind(
         rc,
@@ -82,7 +112,7 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         .shutdown_timeout
         .or(cfg.shutdown_timeout)
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
-    let flushed = tokio::task::spawn_blocking(move || producer.flush(deadline)).await?;
+    let flushed = tokio::task::spawn_blocking(move || producer.inner.flush(deadline)).await?;
     if let Err(e) = flushed {
         eprintln!("kubetrail receive: the producer could not flush before the deadline: {e}");
         return Ok(ExitCode::from(3));
