@@ -268,6 +268,40 @@ impl Config {
     }
 }
 
+/// How an OTLP/JSON output file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JsonFileMode {
+    /// Truncate (a replay writes the whole result).
+    Create,
+    /// Append (a long-running process may be restarted).
+    Append,
+}
+
+/// The OTLP and OTLP/JSON sinks a command's flags and config ask for (possibly none).
+pub fn export_sinks(
+    cfg: &Config,
+    endpoint: Option<&str>,
+    protocol: Option<OtlpProtocol>,
+    otlp_json: Option<&Path>,
+    mode: JsonFileMode,
+) -> anyhow::Result<Vec<Box<dyn kubetrail_export::SpanSink>>> {
+    let mut sinks: Vec<Box<dyn kubetrail_export::SpanSink>> = Vec::new();
+    if let Some(otlp) = cfg.otlp(endpoint, protocol)? {
+        let sink =
+            kubetrail_export::OtlpSink::new(otlp).context("cannot set up the OTLP exporter")?;
+        sinks.push(Box::new(sink));
+    }
+    if let Some(path) = otlp_json {
+        let sink = match mode {
+            JsonFileMode::Create => kubetrail_export::OtlpJsonFileSink::create(path),
+            JsonFileMode::Append => kubetrail_export::OtlpJsonFileSink::append(path),
+        }
+        .with_context(|| format!("cannot open {}", path.display()))?;
+        sinks.push(Box::new(sink));
+    }
+    Ok(sinks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use kubetrail_export::{
-    ExportReport, Exporter, OtlpJsonFileSink, OtlpSink, SpanSink, TreeOptions, TreeSink,
-};
+use kubetrail_export::{ExportReport, Exporter, SpanSink, TreeOptions, TreeSink};
 use kubetrail_model::AuditEvent;
 use kubetrail_pipeline::{Pipeline, PipelineStats};
 use kubetrail_queue::AuditBatch;
@@ -19,7 +17,7 @@ use kubetrail_source::{EventReader, Malformed};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::{PipelineArgs, ReplayArgs};
-use crate::config::{Config, DEFAULT_CLUSTER};
+use crate::config::{Config, DEFAULT_CLUSTER, JsonFileMode, export_sinks};
 
 /// Events per batch published into the queue.
 const BATCH_EVENTS: usize = 1024;
@@ -69,21 +67,14 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--tree and --otlp-json - both write to stdout: give --otlp-json a file");
     }
     let make_sinks = |cfg: &Config| -> anyhow::Result<Vec<Box<dyn SpanSink>>> {
-        let mut sinks: Vec<Box<dyn SpanSink>> = Vec::new();
-        if let Some(otlp) = cfg.otlp(
-            args.pipeline.otlp_endpoint.as_deref(),
-            args.pipeline.otlp_protocol,
-        )? {
-            sinks.push(Box::new(
-                OtlpSink::new(otlp).context("cannot set up the OTLP exporter")?,
-            ));
-        }
-        if let Some(path) = &args.otlp_json {
-            sinks
-                .push(Box::new(OtlpJsonFileSink::create(path).with_context(
-                    || format!("cannot create {}", path.display()),
-                )?));
-        }
+        let p = &args.pipeline;
+        let mut sinks = export_sinks(
+            cfg,
+            p.otlp_endpoint.as_deref(),
+            p.otlp_protocol,
+            args.otlp_json.as_deref(),
+            JsonFileMode::Create,
+        )?;
         if args.tree {
             let color = std::io::stdout().is_terminal();
             sinks.push(Box::new(TreeSink::new(

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use kubetrail_export::{Exporter, OtlpJsonFileSink, OtlpSink, SpanSink};
+use kubetrail_export::{Exporter, SpanSink};
 use kubetrail_kafka::{KafkaConfig, KafkaProducer, PartitionedWorker, minimum_lookback};
 use kubetrail_queue::AuditProducer;
 use kubetrail_receiver::Receiver;
 use kubetrail_worker::WorkerConfig;
 
 use crate::cli::{ConsumeArgs, KafkaArgs, PipelineArgs, ReceiveArgs};
-use crate::config::{Config, DEFAULT_CLUSTER};
+use crate::config::{Config, DEFAULT_CLUSTER, JsonFileMode, export_sinks};
 use crate::replay::effective_config;
 use crate::serve::{receiver_config, shutdown_signal};
 
@@ -191,18 +191,13 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
 
 fn consume_sinks(cfg: &Config, args: &ConsumeArgs) -> anyhow::Result<Vec<Box<dyn SpanSink>>> {
     let p: &PipelineArgs = &args.pipeline;
-    let mut sinks: Vec<Box<dyn SpanSink>> = Vec::new();
-    if let Some(otlp) = cfg.otlp(p.otlp_endpoint.as_deref(), p.otlp_protocol)? {
-        sinks.push(Box::new(
-            OtlpSink::new(otlp).context("cannot set up the OTLP exporter")?,
-        ));
-    }
-    if let Some(path) = &args.otlp_json {
-        sinks.push(Box::new(
-            OtlpJsonFileSink::append(path)
-                .with_context(|| format!("cannot open {}", path.display()))?,
-        ));
-    }
+    let sinks = export_sinks(
+        cfg,
+        p.otlp_endpoint.as_deref(),
+        p.otlp_protocol,
+        args.otlp_json.as_deref(),
+        JsonFileMode::Append,
+    )?;
     if sinks.is_empty() {
         anyhow::bail!(
             "nothing to send spans to: give --otlp-endpoint or --otlp-json (or export.otlp in --config)"

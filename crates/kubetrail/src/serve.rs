@@ -5,14 +5,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use kubetrail_export::{Exporter, ExporterHandle, OtlpJsonFileSink, OtlpSink, SpanSink};
+use kubetrail_export::{Exporter, ExporterHandle};
 use kubetrail_pipeline::Pipeline;
 use kubetrail_queue::AuditProducer;
 use kubetrail_receiver::{JaegerLink, Receiver, ReceiverConfig, TlsConfig};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::{ServeArgs, WebhookArgs};
-use crate::config::Config;
+use crate::config::{Config, JsonFileMode, export_sinks};
 use crate::replay::effective_config;
 
 /// Default listen address: loopback, so that a bare `kubetrail serve` is never exposed.
@@ -125,21 +125,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
     kubetrail_export::describe_metrics();
 
-    let mut sinks: Vec<Box<dyn SpanSink>> = Vec::new();
-    if let Some(otlp) = cfg.otlp(
-        args.pipeline.otlp_endpoint.as_deref(),
-        args.pipeline.otlp_protocol,
-    )? {
-        sinks.push(Box::new(
-            OtlpSink::new(otlp).context("cannot set up the OTLP exporter")?,
-        ));
-    }
-    if let Some(path) = &args.otlp_json {
-        sinks.push(Box::new(
-            OtlpJsonFileSink::append(path)
-                .with_context(|| format!("cannot open {}", path.display()))?,
-        ));
-    }
+    let p = &args.pipeline;
+    let sinks = export_sinks(
+        &cfg,
+        p.otlp_endpoint.as_deref(),
+        p.otlp_protocol,
+        args.otlp_json.as_deref(),
+        JsonFileMode::Append,
+    )?;
     if sinks.is_empty() {
         anyhow::bail!(
             "nothing to send spans to: give --otlp-endpoint or --otlp-json (or export.otlp in --config)"

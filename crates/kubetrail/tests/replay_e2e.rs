@@ -8,6 +8,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::Stdio;
 
+mod common;
+
+use common::id_set;
 use kubetrail_gen::{GeneratedStream, RolloutScenario};
 use kubetrail_testkit::{OtlpReceiver, ReceivedSpan, parse_otlp_json_lines};
 use tokio::process::Command;
@@ -44,19 +47,6 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.to_str().unwrap().to_owned()
-}
-
-fn id_set(spans: &[ReceivedSpan]) -> BTreeSet<(String, String, Option<String>)> {
-    spans
-        .iter()
-        .map(|s| {
-            (
-                s.trace_id.clone(),
-                s.span_id.clone(),
-                s.parent_span_id.clone(),
-            )
-        })
-        .collect()
 }
 
 /// Checks the shape of the received traces against the generator's ground truth.

@@ -2,71 +2,19 @@
 //! broker (tansu), two `kubetrail consume` processes in one group, a real OTLP receiver. The
 //! traces equal those `kubetrail replay` builds from the same events.
 
-use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::time::Duration;
 
 use kubetrail_gen::RolloutScenario;
-use kubetrail_testkit::{
-    ApiServerClient, KafkaBroker, OtlpReceiver, ReceivedSpan, parse_otlp_json_lines,
-};
-use tokio::io::{AsyncBufReadExt, BufReader};
+use kubetrail_testkit::{ApiServerClient, KafkaBroker, OtlpReceiver, parse_otlp_json_lines};
 use tokio::process::{Child, Command};
 
-fn ids(spans: &[ReceivedSpan]) -> BTreeSet<(String, String, Option<String>)> {
-    spans
-        .iter()
-        .map(|s| {
-            (
-                s.trace_id.clone(),
-                s.span_id.clone(),
-                s.parent_span_id.clone(),
-            )
-        })
-        .collect()
-}
+mod common;
 
-/// Starts a subcommand and waits for the stderr line starting with `ready`; returns the rest of
-/// that line.
+use common::{first_word, id_set as ids, spawn_until, terminate};
+
 async fn start(args: &[&str], ready: &str) -> (Child, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    let rest = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("{args:?} exited early:\n{seen}"));
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(rest) = line.strip_prefix(ready) {
-            break rest.to_owned();
-        }
-    };
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let (child, rest, _stderr) = spawn_until(args, ready).await;
     (child, rest)
-}
-
-async fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    tokio::time::timeout(Duration::from_secs(90), child.wait())
-        .await
-        .expect("did not stop")
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +41,7 @@ async fn webhook_to_kafka_to_two_consumers_equals_replay() {
         "kubetrail receive: listening on ",
     )
     .await;
-    let addr = rest.split_whitespace().next().unwrap().to_owned();
+    let addr = first_word(&rest);
     let consumer = || {
         vec![
             "consume".to_owned(),

@@ -5,6 +5,9 @@
 
 use std::process::Stdio;
 
+mod common;
+
+use common::{first_word, spawn_until, terminate};
 use kubetrail_testkit::{ApiServerClient, OtlpReceiver};
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -177,63 +180,28 @@ async fn serve_outputs_and_logs_hold_no_secret() {
     std::fs::write(&cfg, CONFIG).unwrap();
     let json = dir.path().join("o.jsonl");
     let otlp = OtlpReceiver::start().await.unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args([
-            "--log-level",
-            "trace",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .args([
-            "--otlp-json",
-            json.to_str().unwrap(),
-            "--otlp-endpoint",
-            &otlp.grpc_endpoint(),
-        ])
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut log = String::new();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("serve exited early");
-        log.push_str(&line);
-        log.push('\n');
-        if let Some(rest) = line.strip_prefix("kubetrail serve: listening on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    let drain = tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            log.push_str(&line);
-            log.push('\n');
-        }
-        log
-    });
+    let endpoint = otlp.grpc_endpoint();
+    let args = [
+        "--log-level",
+        "trace",
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--otlp-json",
+        json.to_str().unwrap(),
+        "--otlp-endpoint",
+        &endpoint,
+    ];
+    let (mut child, rest, drain) = spawn_until(&args, "kubetrail serve: listening on ").await;
+    let addr = first_word(&rest);
     let report = ApiServerClient::new(&format!("http://{addr}/audit/c1"))
         .send_events(&events())
         .await
         .unwrap();
     assert!(report.all_delivered());
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    assert!(child.wait().await.unwrap().success());
+    assert!(terminate(&mut child).await.success());
     let log = drain.await.unwrap();
     assert!(
         log.contains("TRACE") || log.contains("DEBUG"),

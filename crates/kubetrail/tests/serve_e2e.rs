@@ -4,63 +4,23 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::Stdio;
-use std::time::Duration;
 
 use kubetrail_gen::RolloutScenario;
 use kubetrail_testkit::{ApiServerClient, OtlpReceiver, Pki};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 const OBJECT_KIND: i32 = 1;
 
-/// Starts `kubetrail serve` with the given extra arguments on an ephemeral port and returns
-/// the child and the address it reports listening on.
-async fn start_serve(args: &[&str]) -> (Child, String, tokio::task::JoinHandle<String>) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .arg("serve")
-        .args(["--listen", "127.0.0.1:0"])
-        .args(args)
-        .stdin(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut seen = String::new();
-    let addr = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .unwrap_or_else(|| panic!("serve exited early:\n{seen}"));
-        seen.push_str(&line);
-        seen.push('\n');
-        if let Some(rest) = line.strip_prefix("kubetrail serve: listening on ") {
-            break rest.split_whitespace().next().unwrap().to_owned();
-        }
-    };
-    // Keep draining stderr so the child never blocks on a full pipe; return it at the end.
-    let rest = tokio::spawn(async move {
-        while let Ok(Some(line)) = lines.next_line().await {
-            seen.push_str(&line);
-            seen.push('\n');
-        }
-        seen
-    });
-    (child, addr, rest)
-}
+mod common;
 
-async fn terminate(child: &mut Child) -> std::process::ExitStatus {
-    let pid = child.id().unwrap().to_string();
-    let status = std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    tokio::time::timeout(Duration::from_secs(60), child.wait())
-        .await
-        .expect("serve did not stop")
-        .unwrap()
+use common::{first_word, spawn_until, terminate};
+
+/// Starts `kubetrail serve` with the given extra arguments on an ephemeral port.
+async fn start_serve(args: &[&str]) -> (Child, String, tokio::task::JoinHandle<String>) {
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let (child, rest, stderr) = spawn_until(&all, "kubetrail serve: listening on ").await;
+    (child, first_word(&rest), stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
