@@ -118,13 +118,22 @@ impl<C: AuditConsumer> Worker<C> {
                         self.pipeline.push(&batch.cluster, event, &mut out);
                     }
                     let delivery = self.exporter.submit(std::mem::take(&mut out)).await?;
-                    // Acknowledge once delivered; a failed delivery was already counted and
-                    // logged by the exporter (and is not redelivered in-process).
+                    // Acknowledge once delivered. Spans the exporter dropped on purpose were
+                    // counted and logged there: acknowledged, so they are not redelivered
+                    // forever. If the exporter stopped, nothing is acknowledged: a durable
+                    // queue (Kafka) delivers the batch again after the restart.
                     tokio::spawn(async move {
-                        if let Err(e) = delivery.wait().await {
-                            tracing::warn!(error = %e, "spans of a batch were not delivered");
+                        match delivery.wait().await {
+                            Ok(()) => ack.done(),
+                            Err(e @ kubetrail_export::DeliveryError::Dropped { .. }) => {
+                                tracing::warn!(error = %e, "spans of a batch were not delivered");
+                                ack.done();
+                            }
+                            Err(e) => {
+                                tracing::error!(error = %e, "the exporter stopped: the batch stays unacknowledged");
+                                drop(ack);
+                            }
                         }
-                        ack.done();
                     });
                     self.publish_metrics();
                 }
