@@ -5,6 +5,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod kafka;
 pub mod webhook;
 
 use std::io::BufRead;

@@ -158,5 +158,22 @@ fn main() -> anyhow::Result<()> {
             f.non_200
         );
     }
+    // Kafka: kubetrail's producer against the broker's own produce limit (bare rdkafka).
+    let events: Vec<kubetrail_model::AuditEvent> = input
+        .split(|b| *b == b'\n')
+        .filter_map(|l| serde_json::from_slice(l).ok())
+        .take(20_000)
+        .collect();
+    match rt.block_on(kubetrail_benches::kafka::run(events)) {
+        Ok(k) => println!(
+            "  kafka (tansu, acks=all, idempotent): bare rdkafka {:>8.0} events/s, KafkaProducer 400-event batches {:>8.0} events/s = {:.0}% of the broker's limit",
+            k.raw_events_per_sec,
+            k.kubetrail_events_per_sec,
+            100.0 * k.kubetrail_events_per_sec / k.raw_events_per_sec
+        ),
+        Err(e) => {
+            println!("  kafka: not measured ({e:#}); install tansu with scripts/install-tansu.sh")
+        }
+    }
     Ok(())
 }
