@@ -292,6 +292,14 @@ pub fn export_sinks(
         sinks.push(Box::new(sink));
     }
     if let Some(path) = otlp_json {
+        // `--otlp-json out/spans.jsonl` on a fresh checkout: create the directory.
+        if let Some(dir) = path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty() && !d.exists())
+        {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
         let sink = match mode {
             JsonFileMode::Create => kubetrail_export::OtlpJsonFileSink::create(path),
             JsonFileMode::Append => kubetrail_export::OtlpJsonFileSink::append(path),

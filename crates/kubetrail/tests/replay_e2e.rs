@@ -306,7 +306,8 @@ async fn gzip_stdin_and_malformed_lines() {
     gz.write_all(broken.as_bytes()).unwrap();
     gz.finish().unwrap();
 
-    let a = dir.path().join("a.jsonl");
+    // A directory that does not exist yet is created.
+    let a = dir.path().join("new-dir").join("a.jsonl");
     let run = replay(&[
         "--cluster",
         "e2e",
