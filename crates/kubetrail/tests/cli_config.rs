@@ -22,6 +22,25 @@ fn lookup<'a>(v: &'a serde_yaml::Value, dotted: &str) -> Option<&'a serde_yaml::
     dotted.split('.').try_fold(v, |v, key| v.get(key))
 }
 
+/// Runs `kubetrail replay --tree` on an empty log with the given config file text.
+fn replay_with_config(yaml: &str) -> std::process::Output {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("empty.log");
+    std::fs::write(&log, "").unwrap();
+    let cfg = dir.path().join("c.yaml");
+    std::fs::write(&cfg, yaml).unwrap();
+    Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args([
+            "replay",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--tree",
+            log.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn every_config_key_named_in_help_is_in_the_reference_config() {
     let reference = reference();
@@ -83,18 +102,7 @@ fn the_reference_config_is_accepted_and_a_typo_is_not() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "aggregate:\n  windw: 10m\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args([
-            "replay",
-            "--config",
-            bad.to_str().unwrap(),
-            "--tree",
-            log.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = replay_with_config("aggregate:\n  windw: 10m\n");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `windw`"));
 }
@@ -145,21 +153,9 @@ fn environment_overrides_the_config_file_and_flags_override_the_environment() {
 
 #[test]
 fn a_broken_linker_rule_is_a_clear_config_error() {
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("empty.log");
-    std::fs::write(&log, "").unwrap();
-    let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "link:\n  rules:\n    - name: half\n      resources: [pods]\n      field: spec.nodeName\n      relation: parent\n").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args([
-            "replay",
-            "--config",
-            bad.to_str().unwrap(),
-            "--tree",
-            log.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = replay_with_config(
+        "link:\n  rules:\n    - name: half\n      resources: [pods]\n      field: spec.nodeName\n      relation: parent\n",
+    );
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
