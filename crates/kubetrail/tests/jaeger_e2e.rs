@@ -18,7 +18,7 @@ use serde_json::Value;
 
 mod common;
 
-use common::{first_word, jaeger_traces, spawn_until, terminate};
+use common::{first_word, jaeger_traces, live_start, rfc3339, spawn_until, terminate};
 
 /// How long Jaeger may take to show what was exported.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -461,30 +461,6 @@ async fn replay_over_otlp_grpc_reads_back_in_jaeger_as_jaeger_ui_shows_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_over_otlp_http_reads_back_in_jaeger_as_jaeger_ui_shows_it() {
     replay_into_jaeger("http").await;
-}
-
-/// A start for a live rollout: a few minutes ago, so that all of it (about 100 s) is in the
-/// past and inside one 30-minute window.
-fn live_start() -> i64 {
-    const WINDOW: i64 = 30 * 60 * 1_000_000_000;
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    )
-    .unwrap();
-    let window_start = now - now.rem_euclid(WINDOW);
-    if now - window_start >= 200_000_000_000 {
-        now - 200_000_000_000
-    } else {
-        window_start - 600_000_000_000
-    }
-}
-
-fn rfc3339(nanos: i64) -> String {
-    let t = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap());
-    humantime::format_rfc3339_seconds(t).to_string()
 }
 
 async fn serve_into_jaeger(protocol: &str) {

@@ -25,7 +25,14 @@ async fn start_serve(args: &[&str]) -> (Child, String, tokio::task::JoinHandle<S
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_sigterm() {
-    let stream = RolloutScenario::default().generate();
+    // Live events (the last minutes), and a linger longer than the test: families are
+    // emitted at SIGTERM, whatever the speed of the machine.
+    let start = common::live_start();
+    let stream = RolloutScenario {
+        cluster_start: start,
+        ..RolloutScenario::default()
+    }
+    .generate();
     let pki = Pki::new();
     let tokens = pki.dir.path().join("tokens");
     std::fs::write(&tokens, "# kube-apiserver\nsecret-token-1\n").unwrap();
@@ -44,6 +51,8 @@ async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_
         tokens.to_str().unwrap(),
         "--jaeger-url",
         "http://jaeger:16686",
+        "--linger",
+        "1h",
     ])
     .await;
     let url = format!("https://{addr}/audit/e2e");
@@ -72,7 +81,10 @@ async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_
         .build()
         .unwrap();
     let redirect = browser
-        .get(format!("https://{addr}/redirect?cluster=e2e&resource=deployments&namespace=shop&name=web&time=2024-05-01T10:00:10Z"))
+        .get(format!(
+            "https://{addr}/redirect?cluster=e2e&resource=deployments&namespace=shop&name=web&time={}",
+            common::rfc3339(start + 10_000_000_000)
+        ))
         .send()
         .await
         .unwrap();

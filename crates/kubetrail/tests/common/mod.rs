@@ -173,3 +173,30 @@ pub async fn replay_id_set(
             .unwrap(),
     )
 }
+
+/// A start for a live rollout (what an API server sends `serve`): a few minutes ago, so that
+/// all of it (about 100 s) is in the past and inside one 30-minute window. With a `--linger`
+/// longer than that, no wall-clock tick emits a family before the test says so (SIGTERM),
+/// however slowly the machine runs.
+pub fn live_start() -> i64 {
+    const WINDOW: i64 = 30 * 60 * 1_000_000_000;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap();
+    let window_start = now - now.rem_euclid(WINDOW);
+    if now - window_start >= 200_000_000_000 {
+        now - 200_000_000_000
+    } else {
+        window_start - 600_000_000_000
+    }
+}
+
+/// `nanos` as an RFC 3339 time (seconds).
+pub fn rfc3339(nanos: i64) -> String {
+    let t = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap());
+    humantime::format_rfc3339_seconds(t).to_string()
+}
