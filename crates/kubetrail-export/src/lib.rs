@@ -53,7 +53,7 @@ pub use exporter::{
     Delivery, DeliveryError, ExportHealth, ExportReport, Exporter, ExporterClosed, ExporterConfig,
     ExporterHandle, RetryPolicy,
 };
-pub use html::{HTML_DATA_VERSION, HtmlOptions, HtmlReport, HtmlReportSink};
+pub use html::{HTML_DATA_VERSION, HtmlOptions, HtmlReport, HtmlReportSink, read_report_data};
 pub use json_file::OtlpJsonFileSink;
 pub use metric_names::describe_metrics;
 pub use otlp::{OtlpConfig, OtlpProtocol, OtlpSink, ParseProtocolError};

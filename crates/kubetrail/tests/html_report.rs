@@ -44,12 +44,7 @@ async fn kubetrail(args: &[&str]) -> (String, std::time::Duration) {
 
 /// The data embedded in a report.
 fn report_data(html: &str) -> Value {
-    let start = html
-        .find("id=\"kubetrail-data\">")
-        .expect("the data script")
-        + "id=\"kubetrail-data\">".len();
-    let end = start + html[start..].find("</script>").expect("its end");
-    serde_json::from_str(&html[start..end]).expect("the data is JSON")
+    kubetrail_export::read_report_data(html).expect("the report's data")
 }
 
 fn s(d: &Value, v: &Value) -> String {

@@ -14,7 +14,22 @@
   var PALETTE = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#17becf", "#8c564b", "#e377c2", "#bcbd22",
     "#7f7f7f", "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd", "#31a354", "#756bb1", "#636363"];
 
-  var D = JSON.parse(document.getElementById("kubetrail-data").textContent);
+  // The data is gzip + base64 (html.rs): inflated with the browser's own DecompressionStream.
+  function inflate(el) {
+    var bin = atob(el.textContent.trim()), bytes = new Uint8Array(bin.length);
+    for (var i = 0; i < bin.length; i++) bytes[i] = bin.charCodeAt(i);
+    var stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
+    return new Response(stream).text();
+  }
+  inflate(document.getElementById("kubetrail-data")).then(function (text) {
+    main(JSON.parse(text));
+  }).catch(function (e) {
+    document.getElementById("families-summary").textContent = "This report could not be read: " + e +
+      " (it needs a browser with DecompressionStream: Chrome/Edge 80+, Firefox 113+, Safari 16.4+).";
+    throw e;
+  });
+
+  function main(D) {
   var S = D.strings, IDS = D.ids, FAM = D.families, ROWS = D.rows, REQ = D.requests, DET = D.details;
   var nRows = ROWS.length, nReq = REQ.length;
   var $ = function (id) { return document.getElementById(id); };
@@ -512,4 +527,5 @@
     }
   };
   document.documentElement.dataset.ready = "1";
+  }
 })();
