@@ -227,12 +227,18 @@
         var ex0 = Math.max(-2, x(r[8], w)), ex1 = Math.min(w + 2, x(r[9], w));
         out.push('<div class="extent" style="left:' + ex0.toFixed(1) + "px;width:" + Math.max(1, ex1 - ex0).toFixed(1) + 'px"></div>');
       }
+      // Bars that would land on the pixels of the previous one (same actor, nothing to mark)
+      // are not drawn again: a row never holds more bars than it has pixels.
+      var lastEnd = -1e9, lastActor = -1;
       for (var j = r[6]; j < r[7]; j++) {
         var q = REQ[j];
         if (active && !reqOk[j]) continue;
         var s0 = q[0], s1 = q[0] + q[1];
         if (s1 < vs || s0 > ve) continue;
         var bx = x(s0, w), bw = Math.max(3, x(s1, w) - bx);
+        var plain = !(q[6] & (F_ERROR | F_WARNING)) && j !== state.selReq;
+        if (plain && q[2] === lastActor && bx + bw <= lastEnd + 1) continue;
+        if (plain) { lastEnd = Math.max(lastEnd, bx + bw); lastActor = q[2]; } else { lastActor = -1; }
         var cls = "bar" + (q[6] & F_ERROR ? " err" : q[6] & F_WARNING ? " warn" : "") + (j === state.selReq ? " sel" : "");
         out.push('<div class="' + cls + '" data-q="' + j + '" style="left:' + bx.toFixed(1) + "px;width:" + bw.toFixed(1) +
           "px;background:" + colour[q[2]] + '" title="' + esc(str(q[3]) + " · " + str(q[2]) + (q[5] ? " · " + q[5] : "") + " · " + clock(s0, true) + " +" + dur(q[1])) + '"></div>');
