@@ -727,7 +727,7 @@ impl<'a> Layout<'a> {
     }
 
     fn us(&self, t: UnixNanos) -> i64 {
-        i64::try_from(t.saturating_sub(self.t0) / 1000).unwrap_or(i64::MAX)
+        t.saturating_sub(self.t0) / 1000
     }
 
     fn to_json(&self, r: &HtmlReport) -> Value {
@@ -779,9 +779,7 @@ impl<'a> Layout<'a> {
         let mut family_json = Vec::with_capacity(fams.len());
         let mut row_family = vec![0usize; self.rows.len()];
         for (fi, (_, first, end)) in fams.iter().enumerate() {
-            for n in *first..*end {
-                row_family[n] = fi;
-            }
+            row_family[*first..*end].fill(fi);
         }
         for (f, first, end) in &fams {
             let mut requests = 0usize;
