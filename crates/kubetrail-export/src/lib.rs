@@ -16,7 +16,8 @@
 //!
 //! * [`SpanSink`]: one destination. [`OtlpSink`] (OTLP gRPC or HTTP/protobuf),
 //!   [`OtlpJsonFileSink`] (one OTLP/JSON request per line, the OpenTelemetry Collector file
-//!   exporter's format), [`TreeSink`] (a human-readable tree in the terminal).
+//!   exporter's format), [`TreeSink`] (a human-readable tree in the terminal), [`HtmlReportSink`] (one
+//!   self-contained HTML page of Gantt timelines, for people without Jaeger).
 //! * [`Exporter`]: the delivery task every run mode shares. It coalesces submissions into
 //!   batches, delivers each batch to every sink, retries what is retryable with exponential
 //!   backoff (honouring `Retry-After`), and applies backpressure through a bounded queue, so a
@@ -39,6 +40,7 @@
 mod convert;
 mod error;
 mod exporter;
+mod html;
 mod json_file;
 mod metric_names;
 mod otlp;
@@ -51,6 +53,7 @@ pub use exporter::{
     Delivery, DeliveryError, ExportHealth, ExportReport, Exporter, ExporterClosed, ExporterConfig,
     ExporterHandle, RetryPolicy,
 };
+pub use html::{HTML_DATA_VERSION, HtmlOptions, HtmlReport, HtmlReportSink, read_report_data};
 pub use json_file::OtlpJsonFileSink;
 pub use metric_names::describe_metrics;
 pub use otlp::{OtlpConfig, OtlpProtocol, OtlpSink, ParseProtocolError};

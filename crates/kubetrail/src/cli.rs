@@ -102,6 +102,8 @@ pub struct ReplayArgs {
     /// Print each trace as an indented tree on stdout when done.
     #[arg(long)]
     pub tree: bool,
+    #[command(flatten)]
+    pub report: ReportArgs,
     /// Give up exporting a batch after this long and count its spans as dropped (default for replay: 2m; `0s` retries forever).
     #[arg(long, value_parser = humantime::parse_duration, default_value = "2m")]
     pub export_timeout: Duration,
@@ -167,12 +169,25 @@ pub struct TimelineArgs {
     /// Only requests at or before this time (RFC 3339).
     #[arg(long)]
     pub until: Option<String>,
+    #[command(flatten)]
+    pub report: ReportArgs,
     /// The object: RESOURCE[.GROUP]/NAMESPACE/NAME, or RESOURCE[.GROUP]/NAME when cluster-scoped.
     #[arg(value_name = "OBJECT")]
     pub object: String,
     /// Audit log files (`-` for stdin).
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<String>,
+}
+
+/// The self-contained HTML report (`replay`, `timeline`).
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// Write a self-contained HTML report (Gantt timeline per family, search, filters, diffs) to this file: one file, no network access needed to open it.
+    #[arg(long, value_name = "PATH")]
+    pub html: Option<PathBuf>,
+    /// Jaeger UI base URL: the HTML report links every object and request to its trace there (config: `server.jaeger_url`).
+    #[arg(long, env = "KUBETRAIL_JAEGER_URL")]
+    pub jaeger_url: Option<String>,
 }
 
 #[derive(Debug, Args)]

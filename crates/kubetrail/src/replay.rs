@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use kubetrail_export::{ExportReport, Exporter, SpanSink, TreeOptions, TreeSink};
+use kubetrail_export::{
+    ExportReport, Exporter, HtmlOptions, HtmlReportSink, SpanSink, TreeOptions, TreeSink,
+};
 use kubetrail_model::AuditEvent;
 use kubetrail_pipeline::{Pipeline, PipelineStats};
 use kubetrail_queue::AuditBatch;
@@ -16,7 +18,7 @@ use kubetrail_queue::embedded::EmbeddedProducer;
 use kubetrail_source::{EventReader, Malformed};
 use kubetrail_worker::{Worker, WorkerConfig};
 
-use crate::cli::{PipelineArgs, ReplayArgs};
+use crate::cli::{PipelineArgs, ReplayArgs, ReportArgs};
 use crate::config::{Config, DEFAULT_CLUSTER, JsonFileMode, export_sinks};
 
 /// Events per batch published into the queue.
@@ -82,9 +84,12 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
                 TreeOptions { color },
             )));
         }
+        if let Some(path) = &args.report.html {
+            sinks.push(Box::new(html_sink(path, &args.report, &args.files, cfg)?));
+        }
         if sinks.is_empty() {
             anyhow::bail!(
-                "nothing to send spans to: give --otlp-endpoint, --otlp-json or --tree (or export.otlp in --config)"
+                "nothing to send spans to: give --otlp-endpoint, --otlp-json, --tree or --html (or export.otlp in --config)"
             );
         }
         Ok(sinks)
@@ -98,6 +103,37 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     )
     .await?;
     run.finish("replay")
+}
+
+/// The options of the HTML report: titled by the input files, linked to Jaeger when a URL is
+/// given (flag, environment, or `server.jaeger_url` in the config file).
+pub(crate) fn html_options(report: &ReportArgs, files: &[String], cfg: &Config) -> HtmlOptions {
+    let names: Vec<&str> = files
+        .iter()
+        .map(|f| {
+            std::path::Path::new(f)
+                .file_name()
+                .and_then(|n| n.to_str())
+                .unwrap_or(f)
+        })
+        .collect();
+    HtmlOptions {
+        title: format!("kubetrail report: {}", names.join(", ")),
+        jaeger_url: report
+            .jaeger_url
+            .clone()
+            .or_else(|| cfg.server.jaeger_url.clone()),
+    }
+}
+
+fn html_sink(
+    path: &std::path::Path,
+    report: &ReportArgs,
+    files: &[String],
+    cfg: &Config,
+) -> anyhow::Result<HtmlReportSink> {
+    HtmlReportSink::create(path, html_options(report, files, cfg))
+        .with_context(|| format!("--html {}", path.display()))
 }
 
 /// What reading files through the pipeline did.

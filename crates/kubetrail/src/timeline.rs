@@ -6,12 +6,12 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kubetrail_export::{ExportError, SpanSink, TreeOptions, render_tree};
+use kubetrail_export::{ExportError, HtmlOptions, HtmlReport, SpanSink, TreeOptions, render_tree};
 use kubetrail_model::ids::TraceId;
 use kubetrail_model::{ObjectRef, SpanKind, SpanRecord, UnixNanos, parse_rfc3339_nanos};
 
 use crate::cli::TimelineArgs;
-use crate::replay::run_files;
+use crate::replay::{html_options, run_files};
 
 /// Keeps the spans of the traces that contain the object, and prints them on finish.
 struct TimelineSink {
@@ -20,6 +20,8 @@ struct TimelineSink {
     until: Option<UnixNanos>,
     spans: Vec<SpanRecord>,
     color: bool,
+    /// Write these spans as an HTML report instead of printing the tree.
+    html: Option<(std::path::PathBuf, HtmlOptions)>,
     found: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -57,6 +59,14 @@ impl SpanSink for TimelineSink {
             .collect();
         self.found
             .store(!selected.is_empty(), std::sync::atomic::Ordering::Relaxed);
+        if let Some((path, options)) = self.html.take() {
+            let mut report = HtmlReport::new(options);
+            report.add(&selected);
+            let html = report.render();
+            return tokio::fs::write(&path, html).await.map_err(|e| {
+                ExportError::permanent("html", format!("cannot write {}: {e}", path.display()))
+            });
+        }
         let text = render_tree(&selected, TreeOptions { color: self.color });
         print!("{text}");
         Ok(())
@@ -81,18 +91,32 @@ pub async fn run(args: TimelineArgs) -> anyhow::Result<ExitCode> {
     let since = parse_time("--since", args.since.as_deref())?;
     let until = parse_time("--until", args.until.as_deref())?;
     let found = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sink = TimelineSink {
-        target: target.clone(),
-        since,
-        until,
-        spans: Vec::new(),
-        color: std::io::stdout().is_terminal(),
-        found: found.clone(),
+    let report = &args.report;
+    let files = &args.files;
+    let make_sink = |cfg: &crate::config::Config| -> anyhow::Result<Vec<Box<dyn SpanSink>>> {
+        let html = match &report.html {
+            Some(path) => {
+                // Created now, so an unwritable path fails before the input is read.
+                std::fs::File::create(path)
+                    .with_context(|| format!("--html {}: cannot create it", path.display()))?;
+                Some((path.clone(), html_options(report, files, cfg)))
+            }
+            None => None,
+        };
+        Ok(vec![Box::new(TimelineSink {
+            target: target.clone(),
+            since,
+            until,
+            spans: Vec::new(),
+            color: std::io::stdout().is_terminal(),
+            html,
+            found: found.clone(),
+        }) as Box<dyn SpanSink>])
     };
     let run = run_files(
         &args.files,
         &args.pipeline,
-        |_| Ok(vec![Box::new(sink) as Box<dyn SpanSink>]),
+        make_sink,
         std::time::Duration::ZERO,
         false,
     )

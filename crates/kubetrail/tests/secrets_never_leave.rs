@@ -1,7 +1,7 @@
 //! Secrets never leave: a value planted in a Secret (data, stringData, the kubectl
 //! last-applied annotation, a patch) and in a configured redaction path is searched for in
-//! every output — OTLP spans, the OTLP/JSON file, the terminal tree, and logs at trace level —
-//! through both `replay` and the `serve` webhook.
+//! every output — OTLP spans, the OTLP/JSON file, the terminal tree, the HTML report, and logs
+//! at trace level — through both `replay` and the `serve` webhook.
 
 use std::process::Stdio;
 
@@ -125,6 +125,7 @@ async fn replay_outputs_and_logs_hold_no_secret() {
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, CONFIG).unwrap();
     let json = dir.path().join("o.jsonl");
+    let html = dir.path().join("report.html");
     let otlp = OtlpReceiver::start().await.unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
         .args([
@@ -140,6 +141,8 @@ async fn replay_outputs_and_logs_hold_no_secret() {
             json.to_str().unwrap(),
             "--otlp-endpoint",
             &otlp.grpc_endpoint(),
+            "--html",
+            html.to_str().unwrap(),
         ])
         .arg(&log)
         .stdin(Stdio::null())
@@ -171,6 +174,21 @@ async fn replay_outputs_and_logs_hold_no_secret() {
     let spans = format!("{:?}", otlp.spans());
     assert!(spans.contains("kubetrail.diff"), "diffs were exported");
     assert_clean("the OTLP spans", &spans);
+    let report = std::fs::read_to_string(&html).unwrap();
+    assert_clean("the HTML report", &report);
+    // Its data is compressed: look inside too.
+    let data = kubetrail_export::read_report_data(&report)
+        .expect("the report's data")
+        .to_string();
+    assert!(
+        data.contains("<redacted sha256:"),
+        "the report shows the redacted change"
+    );
+    assert!(
+        data.contains("secrets/shop/db"),
+        "the Secret is in the report"
+    );
+    assert_clean("the HTML report's data", &data);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
