@@ -472,7 +472,11 @@ impl Aggregator {
         if failed {
             st.errors += 1;
         }
-        if place.kube_event.as_ref().is_some_and(|k| k.kind == "Warning") {
+        if place
+            .kube_event
+            .as_ref()
+            .is_some_and(|k| k.kind == "Warning")
+        {
             st.warnings += 1;
         }
         if place.kind.is_some() {
@@ -734,15 +738,8 @@ impl Aggregator {
                 }
                 let (parent_span, owner_link) = parent_of(fam, st);
                 let trace_id = slot_trace(&fam.key, st.slot);
-                let mut span = self.object_span(
-                    &fam.key,
-                    trace_id,
-                    st,
-                    parent_span,
-                    s,
-                    e,
-                    st.own.is_none(),
-                );
+                let mut span =
+                    self.object_span(&fam.key, trace_id, st, parent_span, s, e, st.own.is_none());
                 span.links.extend(owner_link);
                 span.links.extend(self.history_link(&fam.key, st, trace_id));
                 if st.slot != 0 {

@@ -87,12 +87,18 @@ pub(crate) fn attributes(s: &Summary, out: &mut Vec<(AttrKey, AttrValue)>) {
             int(u64::from(*n)),
         ));
     }
-    out.push((AttrKey::Borrowed("kubetrail.subtree.requests"), int(s.requests)));
+    out.push((
+        AttrKey::Borrowed("kubetrail.subtree.requests"),
+        int(s.requests),
+    ));
     out.push((
         AttrKey::Borrowed("kubetrail.subtree.failed_requests"),
         int(s.errors),
     ));
-    out.push((AttrKey::Borrowed("kubetrail.subtree.warnings"), int(s.warnings)));
+    out.push((
+        AttrKey::Borrowed("kubetrail.subtree.warnings"),
+        int(s.warnings),
+    ));
 }
 
 #[cfg(test)]

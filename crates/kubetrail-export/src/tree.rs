@@ -782,7 +782,14 @@ jobs.batch/ci/build  [2024-05-01 10:01:00.000 → 10:01:02.000]  trace 020202020
             .into_iter()
             .filter(|s| s.span_id.0[0] <= 2)
             .collect::<Vec<_>>();
-        let mut stand_in = object(0x71, 0x30, None, "replicasets.apps/shop/web-7d4b9", 250, 900);
+        let mut stand_in = object(
+            0x71,
+            0x30,
+            None,
+            "replicasets.apps/shop/web-7d4b9",
+            250,
+            900,
+        );
         stand_in.attributes.extend([
             ("kubetrail.part.stand_in".into(), AttrValue::Bool(true)),
             ("kubetrail.part.index".into(), AttrValue::Int(1)),
@@ -799,8 +806,23 @@ jobs.batch/ci/build  [2024-05-01 10:01:00.000 → 10:01:02.000]  trace 020202020
             )],
         });
         spans.push(stand_in.clone());
-        spans.push(object(0x71, 0x31, Some(0x30), "pods/shop/web-7d4b9-zz", 260, 900));
-        spans.push(request(0x71, 0x32, 0x31, "kubelet", "patch pods/status", 200, (300, 1)));
+        spans.push(object(
+            0x71,
+            0x31,
+            Some(0x30),
+            "pods/shop/web-7d4b9-zz",
+            260,
+            900,
+        ));
+        spans.push(request(
+            0x71,
+            0x32,
+            0x31,
+            "kubelet",
+            "patch pods/status",
+            200,
+            (300, 1),
+        ));
         let got = render_tree(&spans, TreeOptions::default());
         let expected = "\
 deployments.apps/shop/web  [2024-05-01 10:00:00.000 → 10:03:12.345]  trace 4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b

@@ -66,12 +66,7 @@ fn link_rule(l: &kubetrail_model::SpanLinkRecord) -> Option<&str> {
 /// trace, links resolving, everything reachable from the main trace's root.
 /// With `roomy` (a budget that holds a rollout's owners and their requests), also: the
 /// Deployment's own requests and both ReplicaSets are in the main trace.
-fn check_cut(
-    spans: &[SpanRecord],
-    budget: usize,
-    truth: &kubetrail_gen::GroundTruth,
-    roomy: bool,
-) {
+fn check_cut(spans: &[SpanRecord], budget: usize, truth: &kubetrail_gen::GroundTruth, roomy: bool) {
     let by_id: HashMap<(TraceId, SpanId), &SpanRecord> =
         spans.iter().map(|s| ((s.trace_id, s.span_id), s)).collect();
     assert_eq!(by_id.len(), spans.len(), "no span is emitted twice");
@@ -206,7 +201,11 @@ fn check_cut(
     }
 
     // Each object has one span; parts are counted right.
-    let pods = truth.objects.iter().filter(|o| o.resource == "pods").count();
+    let pods = truth
+        .objects
+        .iter()
+        .filter(|o| o.resource == "pods")
+        .count();
     let pod_spans = spans
         .iter()
         .filter(|s| {
@@ -220,10 +219,15 @@ fn check_cut(
         .iter()
         .filter(|s| s.attr("kubetrail.part.stand_in").is_some())
         .collect();
-    assert_eq!(stand_ins.len(), per_trace.len() - 1, "one stand-in per part");
+    assert_eq!(
+        stand_ins.len(),
+        per_trace.len() - 1,
+        "one stand-in per part"
+    );
     for st in &stand_ins {
         assert_eq!(st.parent_span_id, None);
-        let in_trace: Vec<&SpanRecord> = spans.iter().filter(|s| s.trace_id == st.trace_id).collect();
+        let in_trace: Vec<&SpanRecord> =
+            spans.iter().filter(|s| s.trace_id == st.trace_id).collect();
         let objects = in_trace
             .iter()
             .filter(|s| s.kind == SpanKind::Object && s.span_id != st.span_id)
@@ -243,15 +247,16 @@ fn check_cut(
             Some(root.trace_id.to_string().as_str())
         );
         assert!(
-            st.links
-                .iter()
-                .any(|l| link_rule(l) == Some("part-owner")),
+            st.links.iter().any(|l| link_rule(l) == Some("part-owner")),
             "a part links back to its owner"
         );
     }
 
     // The Deployment's span summarises its subtree.
-    assert_eq!(int(root, "kubetrail.subtree.objects.Pod"), Some(pods as i64));
+    assert_eq!(
+        int(root, "kubetrail.subtree.objects.Pod"),
+        Some(pods as i64)
+    );
     assert_eq!(int(root, "kubetrail.subtree.objects.ReplicaSet"), Some(2));
     assert_eq!(
         int(root, "kubetrail.subtree.objects"),
@@ -280,10 +285,18 @@ fn ids(spans: &[SpanRecord]) -> Vec<(TraceId, SpanId, Option<SpanId>)> {
 #[test]
 fn a_rollout_of_thousands_of_pods_is_cut_within_the_budget() {
     let (events, truth) = events(1200, 7);
-    let pods = truth.objects.iter().filter(|o| o.resource == "pods").count();
+    let pods = truth
+        .objects
+        .iter()
+        .filter(|o| o.resource == "pods")
+        .count();
     assert!(pods >= 2_000, "thousands of pods: {pods}");
     let (spans, p) = run_with(&events, budget_config(2_000));
-    assert!(spans.len() > 8 * 2_000, "far above the budget: {}", spans.len());
+    assert!(
+        spans.len() > 8 * 2_000,
+        "far above the budget: {}",
+        spans.len()
+    );
     check_cut(&spans, 2_000, &truth, true);
     assert!(p.stats().aggregate.parts > 0);
 
@@ -299,11 +312,9 @@ fn a_small_budget_cuts_deeper_and_still_holds() {
     let (events, truth) = events(150, 3);
     let (spans, _) = run_with(&events, budget_config(64));
     check_cut(&spans, 64, &truth, false);
-    let chained = spans.iter().any(|s| {
-        s.links
-            .iter()
-            .any(|l| link_rule(l) == Some("part-next"))
-    });
+    let chained = spans
+        .iter()
+        .any(|s| s.links.iter().any(|l| link_rule(l) == Some("part-next")));
     assert!(chained, "an owner with many parts chains them");
 }
 
@@ -314,13 +325,24 @@ fn a_family_within_the_budget_is_one_trace() {
     let traces: BTreeSet<TraceId> = spans.iter().map(|s| s.trace_id).collect();
     assert_eq!(traces.len(), 1);
     assert_eq!(p.stats().aggregate.parts, 0);
-    assert!(spans.iter().all(|s| s.attr("kubetrail.part.index").is_none()));
+    assert!(
+        spans
+            .iter()
+            .all(|s| s.attr("kubetrail.part.index").is_none())
+    );
     let root = spans
         .iter()
         .find(|s| s.kind == SpanKind::Object && s.parent_span_id.is_none())
         .expect("root");
-    let pods = truth.objects.iter().filter(|o| o.resource == "pods").count();
-    assert_eq!(int(root, "kubetrail.subtree.objects.Pod"), Some(pods as i64));
+    let pods = truth
+        .objects
+        .iter()
+        .filter(|o| o.resource == "pods")
+        .count();
+    assert_eq!(
+        int(root, "kubetrail.subtree.objects.Pod"),
+        Some(pods as i64)
+    );
 }
 
 // ---------------------------------------------------------------------------------------
@@ -335,10 +357,8 @@ fn ev(id: &str, verb: &str, uri: &str, obj: &str, body: &str, t0: &str, t1: &str
 
 #[test]
 fn three_windows_chain_back_through_links() {
-    const DEP: &str =
-        r#"{"resource":"deployments","namespace":"shop","name":"web","apiGroup":"apps","apiVersion":"v1"}"#;
-    const RS: &str =
-        r#"{"resource":"replicasets","namespace":"shop","name":"web-1","apiGroup":"apps","apiVersion":"v1"}"#;
+    const DEP: &str = r#"{"resource":"deployments","namespace":"shop","name":"web","apiGroup":"apps","apiVersion":"v1"}"#;
+    const RS: &str = r#"{"resource":"replicasets","namespace":"shop","name":"web-1","apiGroup":"apps","apiVersion":"v1"}"#;
     let rs_body = r#","responseObject":{"kind":"ReplicaSet","metadata":{"name":"web-1","namespace":"shop","uid":"rs1","ownerReferences":[{"apiVersion":"apps/v1","kind":"Deployment","name":"web","uid":"d1","controller":true}]}}"#;
     let dep_body = r#","responseObject":{"kind":"Deployment","metadata":{"name":"web","namespace":"shop","uid":"d1"}}"#;
     let mut config = PipelineConfig::default();
@@ -417,8 +437,7 @@ fn three_windows_chain_back_through_links() {
 
 #[test]
 fn a_later_segment_links_to_the_earlier_one() {
-    const DEP: &str =
-        r#"{"resource":"deployments","namespace":"shop","name":"web","apiGroup":"apps","apiVersion":"v1"}"#;
+    const DEP: &str = r#"{"resource":"deployments","namespace":"shop","name":"web","apiGroup":"apps","apiVersion":"v1"}"#;
     // Two bursts 5 minutes apart in one 30-minute window: two segments of the same trace.
     let events = vec![
         ev(
@@ -453,5 +472,8 @@ fn a_later_segment_links_to_the_earlier_one() {
         .iter()
         .find(|l| link_rule(l) == Some("previous-segment"))
         .expect("a link to the earlier segment");
-    assert_eq!((l.trace_id, l.span_id), (objects[0].trace_id, objects[0].span_id));
+    assert_eq!(
+        (l.trace_id, l.span_id),
+        (objects[0].trace_id, objects[0].span_id)
+    );
 }
