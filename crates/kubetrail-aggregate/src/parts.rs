@@ -34,7 +34,7 @@
 //! spans are long exported. The order is made canonical upstream (requests are released in
 //! event-time order within the allowed lateness), so arrival order within it does not matter.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use kubetrail_model::{ObjectRef, UnixNanos};
 
@@ -342,11 +342,14 @@ impl Cut {
     }
 }
 
+/// `(main_used, next_part)`: what a family's segments left of the window's budget.
+type SegmentUse = (u32, u32);
+
 /// Per window: what each family's earlier segments used of its main trace, and how many parts
 /// it numbered.
 #[derive(Debug, Default)]
 pub(crate) struct Budgets {
-    by_window: BTreeMap<UnixNanos, std::collections::HashMap<(String, ObjectRef), (u32, u32)>>,
+    by_window: BTreeMap<UnixNanos, HashMap<(String, ObjectRef), SegmentUse>>,
 }
 
 impl Budgets {
