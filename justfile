@@ -1,4 +1,5 @@
-# Developer tasks. Nothing here is needed to build or test: README.md's commands use cargo only.
+# Developer tasks. Nothing here is needed to build or test: README.md's commands use cargo only
+# (the tests install the real Jaeger and Kafka they need themselves, through scripts/).
 
 # List recipes.
 default:
@@ -8,9 +9,9 @@ default:
 demo:
     cargo run --release -- replay --tree --otlp-json out/rollout.otlp.jsonl examples/rollout.audit.log
 
-# The whole test suite (what CI runs after fmt and clippy).
+# The whole test suite (what CI runs after fmt and clippy; README's test command).
 test:
-    cargo test --workspace
+    cargo test --workspace --locked
 
 # Format and lint as CI does.
 lint:
@@ -31,7 +32,10 @@ bench:
 example-dump:
     cargo run -p kubetrail-gen --example write_rollout > examples/rollout.audit.log
 
-# A local Kafka-protocol broker (tansu, in memory) on 127.0.0.1:19092 for development.
+# A local Apache Kafka broker (KRaft, single node) on 127.0.0.1:9092 for development.
 kafka:
-    bash scripts/install-tansu.sh
-    .tools/bin/tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/
+    bash scripts/run-kafka.sh
+
+# A local Jaeger v2 all-in-one (OTLP on 4317/4318, UI and query API on 16686), in memory.
+jaeger:
+    "$(bash scripts/install-jaeger.sh)"

@@ -1,7 +1,8 @@
 //! Kafka produce throughput: kubetrail's `KafkaProducer` (what `receive` publishes through,
 //! 400-event batches, idempotent, acks=all, each batch awaited) against a bare rdkafka producer
 //! with the same settings sending the same messages as fast as it can — the broker's own
-//! produce limit on this machine. Runs against a tansu broker it starts itself.
+//! produce limit on this machine. Runs against an Apache Kafka broker it starts itself
+//! (`kubetrail_testkit::KafkaBroker`).
 
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ pub struct KafkaFigures {
     pub kubetrail_events_per_sec: f64,
 }
 
-/// Runs both producers over `events` on a fresh tansu broker.
+/// Runs both producers over `events` on a fresh Apache Kafka broker.
 pub async fn run(events: Vec<AuditEvent>) -> anyhow::Result<KafkaFigures> {
     let broker = KafkaBroker::start()?;
     broker.create_topic("raw", 4)?;
@@ -44,7 +45,7 @@ pub async fn run(events: Vec<AuditEvent>) -> anyhow::Result<KafkaFigures> {
             Ok((format!("bench/{ns}"), serde_json::to_vec(e)?))
         })
         .collect::<anyhow::Result<_>>()?;
-    // tansu's first idempotent producer waits for its producer id; do not time that.
+    // The first idempotent produce waits for a producer id and the topic's leaders: not timed.
     let warm = FutureRecord::to("raw").key("warm-up").payload("{}");
     raw.send(warm, Duration::from_secs(60))
         .await

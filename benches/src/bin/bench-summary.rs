@@ -166,13 +166,15 @@ fn main() -> anyhow::Result<()> {
         .collect();
     match rt.block_on(kubetrail_benches::kafka::run(events)) {
         Ok(k) => println!(
-            "  kafka (tansu, acks=all, idempotent): bare rdkafka {:>8.0} events/s, KafkaProducer 400-event batches {:>8.0} events/s = {:.0}% of the broker's limit",
+            "  kafka (Apache Kafka 4.1, acks=all, idempotent): bare rdkafka {:>8.0} events/s, KafkaProducer 400-event batches {:>8.0} events/s = {:.0}% of the broker's limit",
             k.raw_events_per_sec,
             k.kubetrail_events_per_sec,
             100.0 * k.kubetrail_events_per_sec / k.raw_events_per_sec
         ),
         Err(e) => {
-            println!("  kafka: not measured ({e:#}); install tansu with scripts/install-tansu.sh")
+            println!(
+                "  kafka: not measured ({e:#}); needs Java 17 + Maven (scripts/install-kafka.sh)"
+            )
         }
     }
     Ok(())

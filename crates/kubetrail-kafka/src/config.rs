@@ -192,9 +192,10 @@ impl KafkaConfig {
         let mut c = self.base();
         c.set("group.id", &self.group)
             .set("auto.offset.reset", "earliest")
-            // tansu holds a JoinGroup for about half of the session timeout; 6 s keeps
-            // rebalances short there and is a sane value for Kafka too.
-            .set("session.timeout.ms", "6000")
+            // A crashed consumer's partitions move after the session timeout: 10 s (Kafka's
+            // default is 45 s) keeps the stall short; heartbeats go every 3 s. Overridable
+            // through `kafka.properties`.
+            .set("session.timeout.ms", "10000")
             .set("statistics.interval.ms", "5000");
         self.apply_user(&mut c, CONSUMER_ENFORCED, &[]);
         c.set("group.id", &self.group);

@@ -507,20 +507,24 @@ impl ConsumerCtx {
         let lookback_ms = i64::try_from(self.config.lookback.as_millis()).unwrap_or(i64::MAX);
         let target = last_time.saturating_sub(lookback_ms);
         let mut query = TopicPartitionList::new();
-        let hint = query
+        let answer = match query
             .add_partition_offset(topic, p, Offset::Offset(target))
-            .ok()
-            .and_then(|()| consumer.offsets_for_times(query, METADATA_TIMEOUT).ok())
-            .and_then(|r| {
-                r.elements().iter().find_map(|e| match e.offset() {
-                    Offset::Offset(o) if e.partition() == p => Some(o),
-                    _ => None,
-                })
-            });
-        let start = lookback::first_offset_at_or_after(low, c - 1, target, hint, |o| {
-            lookback::read_time(probe, topic, p, o, METADATA_TIMEOUT)
-        });
-        Some(start.clamp(low, c))
+            .map_err(|e| e.to_string())
+            .and_then(|()| {
+                consumer
+                    .offsets_for_times(query, METADATA_TIMEOUT)
+                    .map_err(|e| e.to_string())
+            }) {
+            Ok(r) => r.elements().iter().find_map(|e| match e.offset() {
+                Offset::Offset(o) if e.partition() == p => Some(o),
+                _ => None,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, partition = p, "kafka: offsets_for_times failed; re-reading from the earliest offset");
+                None
+            }
+        };
+        Some(lookback::start_offset(low, c - 1, answer))
     }
 
     fn add_partition(&self, p: i32, committed: Option<i64>, start: Option<i64>) {

@@ -94,9 +94,7 @@
 //! 1. `T` = the timestamp of message `C - 1`, the last one committed (read by a second
 //!    consumer that assigns partitions itself and never joins the group or commits);
 //! 2. `S` = the first offset whose message timestamp is at or after `T - lookback`: the
-//!    broker's time index (`offsets_for_times`) is asked and its answer checked by reading
-//!    the messages around it; where it is wrong (tansu 0.6 always answers the earliest
-//!    offset) `S` is found by binary search, one message read per step;
+//!    broker's answer to `offsets_for_times` (Kafka's time index);
 //! 3. the partition is assigned at `S`. Messages in `[S, C)` go through the pipeline like
 //!    any other (counted as `kubetrail_kafka_messages_replayed_total`): they rebuild the
 //!    open families, the segment counters and the learned owner graph. The request spans

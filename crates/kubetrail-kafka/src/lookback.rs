@@ -1,11 +1,14 @@
 //! Where a newly assigned partition starts: `lookback` before the last committed message.
 //!
 //! The start is the first offset whose message time is at or after
-//! `time(committed - 1) - lookback`. The broker's time index (`offsets_for_times`) is asked
-//! first, but only as a hint: it is checked by reading the messages around it, and when it is
-//! wrong (tansu 0.6 always answers the earliest offset) the offset is found by binary search,
-//! reading one message per step. A step that cannot read a message stops the search at the
-//! lower bound found so far: starting earlier only re-reads more.
+//! `time(committed - 1) - lookback`: the time of the last committed message is read with a
+//! group-less probe consumer ([`read_time`]), and the offset is the broker's answer to
+//! `offsets_for_times` for that target ([`start_offset`]), which Kafka defines as exactly
+//! "the earliest offset whose timestamp is at or after the target".
+//!
+//! (Before the tests ran against Apache Kafka, a Kafka-protocol re-implementation whose time
+//! index always answered the earliest offset forced a verification and a binary search here;
+//! Apache Kafka's answer is exact, so both went.)
 
 use std::time::Duration;
 
@@ -13,54 +16,16 @@ use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
 use rdkafka::error::KafkaError as RdError;
 use rdkafka::{Message, Offset, Timestamp, TopicPartitionList};
 
-/// The most messages read to find one start offset.
-const MAX_STEPS: usize = 64;
-
-/// Finds the first offset in `[lo, hi]` whose message time is at or after `target`, given
-/// that the message at `hi` is (it is the last processed one). `read(o)` returns the first
-/// message at or after offset `o` as (offset, time), or `None` when it cannot be read.
-pub(crate) fn first_offset_at_or_after(
-    mut lo: i64,
-    mut hi: i64,
-    target: i64,
-    hint: Option<i64>,
-    mut read: impl FnMut(i64) -> Option<(i64, i64)>,
-) -> i64 {
-    if lo >= hi {
-        return hi.min(lo);
+/// The start offset for a partition whose lowest offset is `low` and last committed message
+/// is `last` (`committed - 1`), given the broker's `offsets_for_times` answer for the target
+/// time: the answer clamped to `[low, last]`; with no answer (no message at or after the
+/// target — impossible while `last` exists, so a broker error) the earliest offset, because
+/// starting earlier only re-reads more.
+pub(crate) fn start_offset(low: i64, last: i64, answer: Option<i64>) -> i64 {
+    match answer {
+        Some(o) if o >= 0 => o.clamp(low, last.max(low)),
+        _ => low,
     }
-    let mut steps = 0;
-    if let Some(h) = hint.filter(|h| (lo..=hi).contains(h)) {
-        steps += 1;
-        match read(h) {
-            Some((_, t)) if t >= target => {
-                hi = h;
-                if h > lo {
-                    steps += 1;
-                    match read(h - 1) {
-                        // The message just before the hint is older: the hint is exact.
-                        Some((o, t)) if o < h && t < target => return h,
-                        // Younger, or a gap before the hint: search below it.
-                        Some(_) => {}
-                        None => return lo,
-                    }
-                }
-            }
-            Some((o, _)) => lo = o.saturating_add(1).min(hi),
-            None => return lo,
-        }
-    }
-    while lo < hi && steps < MAX_STEPS {
-        steps += 1;
-        let mid = lo + (hi - lo) / 2;
-        match read(mid) {
-            // Offsets in [mid, o) are gaps: starting at mid is starting at o.
-            Some((_, t)) if t >= target => hi = mid,
-            Some((o, _)) => lo = o.saturating_add(1).min(hi),
-            None => return lo,
-        }
-    }
-    lo
 }
 
 /// Reads the first message at or after `offset` of `topic`/`partition` with a group-less
@@ -118,62 +83,19 @@ pub(crate) fn read_time<C: ConsumerContext>(
 mod tests {
     use super::*;
 
-    /// A log of (offset, time) with gaps.
-    fn log() -> Vec<(i64, i64)> {
-        let mut v = Vec::new();
-        let mut t = 1000;
-        for o in 0..200 {
-            if o % 7 == 3 {
-                continue; // gaps (transaction markers, compaction)
-            }
-            t += if o % 5 == 0 { 0 } else { 10 };
-            v.push((o, t));
-        }
-        v
-    }
-
-    fn reader(log: &[(i64, i64)], reads: &mut usize) -> impl FnMut(i64) -> Option<(i64, i64)> {
-        move |o| {
-            *reads += 1;
-            log.iter().copied().find(|(x, _)| *x >= o)
-        }
-    }
-
-    fn expected(log: &[(i64, i64)], target: i64) -> i64 {
-        log.iter()
-            .find(|(_, t)| *t >= target)
-            .map(|(o, _)| *o)
-            .unwrap()
+    #[test]
+    fn the_brokers_answer_is_the_start_within_the_partition() {
+        assert_eq!(start_offset(0, 99, Some(40)), 40);
+        // An answer below the log start (deleted segments) or past the last committed
+        // message cannot be: clamped.
+        assert_eq!(start_offset(10, 99, Some(3)), 10);
+        assert_eq!(start_offset(0, 99, Some(500)), 99);
     }
 
     #[test]
-    fn finds_the_first_offset_at_or_after_a_time_with_or_without_a_good_hint() {
-        let log = log();
-        let last = log.last().unwrap().0;
-        for target in [0, 1000, 1015, 1500, 1999, log.last().unwrap().1] {
-            let want = expected(&log, target);
-            // No hint, a wrong hint (tansu: always 0), the exact hint, a late hint.
-            for hint in [None, Some(0), Some(want), Some(last)] {
-                let mut reads = 0;
-                let got = first_offset_at_or_after(0, last, target, hint, reader(&log, &mut reads));
-                // A start in a gap just before `want` is equivalent to `want`.
-                let first_message_from_got = log.iter().find(|(o, _)| *o >= got).unwrap().0;
-                assert_eq!(
-                    first_message_from_got, want,
-                    "target {target} hint {hint:?}"
-                );
-                assert!(reads <= 12, "{reads} reads");
-                if hint == Some(want) && log.iter().any(|(o, _)| *o == want - 1) {
-                    assert!(reads <= 2, "an exact hint costs two reads, not {reads}");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn unreadable_messages_fall_back_to_the_lower_bound() {
-        assert_eq!(first_offset_at_or_after(5, 100, 50, None, |_| None), 5);
-        assert_eq!(first_offset_at_or_after(5, 100, 50, Some(40), |_| None), 5);
-        assert_eq!(first_offset_at_or_after(9, 9, 50, None, |_| None), 9);
+    fn no_answer_re_reads_from_the_earliest_offset() {
+        // librdkafka reports "no such offset" as -1 (Offset::End).
+        assert_eq!(start_offset(5, 100, None), 5);
+        assert_eq!(start_offset(5, 100, Some(-1)), 5);
     }
 }

@@ -1,5 +1,5 @@
 //! Webhook-free end to end at library level: generated audit streams → `KafkaProducer` →
-//! tansu → `PartitionedWorker`s → exporter → a real OTLP receiver, compared with a direct
+//! Apache Kafka → `PartitionedWorker`s → exporter → a real OTLP receiver, compared with a direct
 //! `Pipeline` replay of the same events.
 
 mod common;
@@ -158,9 +158,8 @@ async fn a_consumer_killed_mid_stream_loses_nothing_and_splits_no_family() {
 
     // A new member of the group takes over and finishes.
     // The killed member's polling thread leaves the group on its own (a real `kill -9`
-    // would leave it to expire after session.timeout.ms). tansu 0.6 loses track of a group
-    // whose leader leaves while another member is joining (the join then loops for ever):
-    // let the leave finish before the next member joins.
+    // would leave it to expire after session.timeout.ms); the next member joins after it
+    // left, so the test is about the takeover, not about the session timeout.
     wait_until("the killed member left the group", || s1.get().closed).await;
     let second = start(&cfg, &receiver);
     let s2 = second.stats.clone();

@@ -1,4 +1,4 @@
-//! The queue against a real broker (tansu): round trip and key order, the commit rule,
+//! The queue against a real Apache Kafka broker: round trip and key order, the commit rule,
 //! malformed messages, a broker outage.
 
 mod common;
@@ -226,8 +226,8 @@ async fn publish_fails_within_the_timeout_while_the_broker_is_down_and_recovers(
     let health = producer.health();
     assert!(health.reason.is_some(), "{health:?}");
 
+    // The same broker, on the same data: the topic and what was acknowledged survive.
     broker.restart().unwrap();
-    broker.create_topic(&topic, 2).unwrap();
     // As the API server does: retry the batch until it is accepted.
     let start = Instant::now();
     let mut attempts = 0;
@@ -324,8 +324,8 @@ async fn the_lookback_re_reads_what_was_accepted_within_it_before_the_committed_
     consumer.close().await;
 
     // The last committed message was accepted at t0 + 2h: a lookback of 30 min re-reads its
-    // batch only (offsets 20..30), one of 90 min the last two (tansu's time index always
-    // answers offset 0: the start is found by binary search over message timestamps).
+    // batch only (offsets 20..30), one of 90 min the last two: the broker's time index
+    // (`offsets_for_times`) answers the start.
     for (lookback_min, first) in [(30u64, 20usize), (90, 10), (300, 0)] {
         cfg.lookback = Duration::from_secs(lookback_min * 60);
         let mut again = KafkaConsumer::new(&cfg).unwrap();

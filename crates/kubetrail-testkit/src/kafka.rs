@@ -1,60 +1,86 @@
-//! A real Kafka-protocol broker for tests: [tansu](https://github.com/tansu-io/tansu), run as a
-//! child process with in-memory storage on a free port of 127.0.0.1.
+//! A real Apache Kafka broker for tests: a single KRaft node (broker and controller in one
+//! JVM) started as a child process on free ports of 127.0.0.1, with its log on disk in a
+//! temporary directory, so that [`KafkaBroker::stop`] and [`KafkaBroker::restart`] behave as
+//! a crash and a restart of a real broker do: topics, messages and committed offsets survive.
+//!
+//! The broker's jars come from Maven Central, pinned by `scripts/install-kafka.sh`, which the
+//! harness runs on first use (it installs once into `.tools/kafka-<version>/`, under a lock,
+//! so test binaries starting at once are safe). Set [`KAFKA_HOME_ENV`] to use another
+//! installation (a directory with `libs/*.jar`).
 
-use std::io::Read as _;
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{Offset, TopicPartitionList};
 
-/// The environment variable naming the tansu binary to use.
-pub const TANSU_ENV: &str = "KUBETRAIL_TANSU";
+/// The environment variable naming a Kafka installation (a directory holding `libs/`).
+pub const KAFKA_HOME_ENV: &str = "KUBETRAIL_KAFKA_HOME";
 
-/// How long the broker may take to accept connections.
-const START_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long `tansu topic create` may take.
-const TOPIC_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the JVM may take to format the storage or to start serving.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long creating a topic may take.
+const TOPIC_TIMEOUT: Duration = Duration::from_secs(30);
+/// The KRaft cluster id of every test broker (each broker is its own cluster).
+const CLUSTER_ID: &str = "a3VidGV0cmFpbC10ZXN0cw";
+/// The line the broker logs once it serves (log4j2.properties of the install sets the
+/// logger of `kafka.server.KafkaRaftServer` to INFO).
+const STARTED: &str = "Kafka Server started";
 
-/// A tansu broker (`tansu broker … --storage-engine memory://tansu/`) on 127.0.0.1.
+/// One Apache Kafka broker (KRaft, single node) on 127.0.0.1.
 ///
-/// The storage is in memory: [`stop`](Self::stop) and [`restart`](Self::restart) lose every
-/// topic and offset (tansu 0.6 offers no storage that survives a restart without an external
-/// S3 or PostgreSQL), so recreate topics after a restart. The process is killed when the
-/// value is dropped.
-///
-/// The binary is `$KUBETRAIL_TANSU`, else `tansu` on `PATH`, else `<workspace>/.tools/bin/tansu`
-/// (installed by `scripts/install-tansu.sh`).
+/// Every broker has its own data directory and ports; the process is killed and the data
+/// removed when the value is dropped. Settings are production defaults except what a single
+/// node needs (replication factor 1 for internal topics), no group join delay, and a minimum
+/// session timeout of 1 s so tests can have a crashed consumer replaced quickly.
 #[derive(Debug)]
 pub struct KafkaBroker {
-    binary: PathBuf,
+    java: PathBuf,
+    home: PathBuf,
+    dir: tempfile::TempDir,
     port: u16,
-    log: PathBuf,
+    controller_port: u16,
     child: Option<Child>,
+    starts: u32,
 }
 
 impl KafkaBroker {
-    /// Starts a broker on a free port and waits until it accepts connections.
+    /// Installs Kafka if needed, formats a fresh storage directory and starts the broker on
+    /// free ports; returns once it serves clients.
     pub fn start() -> anyhow::Result<KafkaBroker> {
-        let binary = find_tansu()?;
+        let home = kafka_home()?;
+        let java = find_java()?;
         let mut last_error = None;
         // A free port may be taken between finding it and the broker binding it: retry.
         for _ in 0..3 {
-            let port = free_port()?;
+            let dir = tempfile::Builder::new()
+                .prefix("kubetrail-kafka-")
+                .tempdir()
+                .context("creating the broker's directory")?;
             let mut broker = KafkaBroker {
-                binary: binary.clone(),
-                port,
-                log: std::env::temp_dir()
-                    .join(format!("kubetrail-tansu-{}-{port}.log", std::process::id())),
+                java: java.clone(),
+                home: home.clone(),
+                dir,
+                port: free_port()?,
+                controller_port: free_port()?,
                 child: None,
+                starts: 0,
             };
+            broker.write_config()?;
+            broker.format()?;
             match broker.spawn() {
                 Ok(()) => return Ok(broker),
                 Err(e) => last_error = Some(e),
             }
         }
-        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("tansu did not start")))
+        Err(last_error.unwrap_or_else(|| anyhow::anyhow!("kafka did not start")))
     }
 
     /// `127.0.0.1:PORT`, for `bootstrap.servers`.
@@ -62,9 +88,14 @@ impl KafkaBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// `tcp://127.0.0.1:PORT`, for tansu's own commands.
-    pub fn url(&self) -> String {
-        format!("tcp://127.0.0.1:{}", self.port)
+    /// The broker's data directory (`log.dirs`).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The broker's log of its current (or last) run.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// Whether the broker process is running.
@@ -74,76 +105,208 @@ impl KafkaBroker {
             .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
     }
 
-    /// Creates a topic with `partitions` partitions (`tansu topic create`).
+    /// The resident memory of the broker process in bytes (from `/proc`), if it runs.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let pid = self.child.as_ref()?.id();
+        crate::proc::rss_bytes(pid)
+    }
+
+    /// Creates a topic with `partitions` partitions (replication factor 1) through the admin
+    /// API and waits until its leaders are known.
     pub fn create_topic(&self, name: &str, partitions: u32) -> anyhow::Result<()> {
-        let mut child = Command::new(&self.binary)
-            .args(["topic", "create", name, "--partitions"])
-            .arg(partitions.to_string())
-            .args(["--broker", &self.url()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("running {} topic create", self.binary.display()))?;
+        let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .create()
+            .context("creating a Kafka admin client")?;
+        let partitions = i32::try_from(partitions).context("partition count")?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let options = AdminOptions::new().operation_timeout(Some(TOPIC_TIMEOUT));
+        let results = futures::executor::block_on(admin.create_topics([&topic], &options))
+            .with_context(|| format!("creating topic {name}"))?;
+        for result in results {
+            if let Err((topic, code)) = result {
+                bail!("creating topic {topic}: {code}");
+            }
+        }
+        // Wait until every partition has a leader, so producers do not start on a topic the
+        // broker still sets up.
         let deadline = Instant::now() + TOPIC_TIMEOUT;
-        let status = loop {
-            if let Some(status) = child.try_wait()? {
-                break status;
+        loop {
+            let metadata = rdkafka::client::Client::fetch_metadata(
+                admin.inner(),
+                Some(name),
+                Duration::from_secs(5),
+            );
+            if let Ok(md) = metadata
+                && let Some(t) = md.topics().first()
+                && t.error().is_none()
+                && t.partitions().len() == partitions as usize
+                && t.partitions().iter().all(|p| p.leader() >= 0)
+            {
+                return Ok(());
             }
             if Instant::now() >= deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                bail!("tansu topic create {name} did not finish within {TOPIC_TIMEOUT:?}");
+                bail!("topic {name} has no leaders after {TOPIC_TIMEOUT:?}");
             }
-            std::thread::sleep(Duration::from_millis(10));
-        };
-        if !status.success() {
-            let mut out = String::new();
-            if let Some(mut s) = child.stderr.take() {
-                let _ = s.read_to_string(&mut out);
-            }
-            if let Some(mut s) = child.stdout.take() {
-                let _ = s.read_to_string(&mut out);
-            }
-            bail!(
-                "tansu topic create {name} --partitions {partitions} failed ({status}): {}",
-                out.trim()
-            );
+            std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(())
     }
 
-    /// Kills the broker (like a crash: no shutdown).
+    /// The end offset (high watermark) of every partition of `topic`: how many messages each
+    /// holds (no compaction, no transactions here).
+    pub fn end_offsets(&self, topic: &str) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let consumer = self.probe("kubetrail-testkit-probe")?;
+        let md = consumer
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .with_context(|| format!("metadata of {topic}"))?;
+        let mut out = BTreeMap::new();
+        for t in md.topics() {
+            for p in t.partitions() {
+                let (_, high) = consumer
+                    .fetch_watermarks(topic, p.id(), Duration::from_secs(10))
+                    .with_context(|| format!("watermarks of {topic}/{}", p.id()))?;
+                out.insert(p.id(), high);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The offsets consumer group `group` committed on the partitions of `topic` (partitions
+    /// it never committed are absent). Reads them without joining the group.
+    pub fn committed_offsets(
+        &self,
+        group: &str,
+        topic: &str,
+    ) -> anyhow::Result<BTreeMap<i32, i64>> {
+        let consumer = self.probe(group)?;
+        let mut tpl = TopicPartitionList::new();
+        for p in self.end_offsets(topic)?.keys() {
+            tpl.add_partition(topic, *p);
+        }
+        let committed = consumer
+            .committed_offsets(tpl, Duration::from_secs(10))
+            .with_context(|| format!("committed offsets of {group} on {topic}"))?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    }
+
+    fn probe(&self, group: &str) -> anyhow::Result<BaseConsumer> {
+        ClientConfig::new()
+            .set("bootstrap.servers", self.addr())
+            .set("group.id", group)
+            .set("enable.auto.commit", "false")
+            .create()
+            .context("creating a Kafka consumer")
+    }
+
+    /// Kills the broker with SIGKILL (a crash: no controlled shutdown). Its data stays.
     pub fn stop(&mut self) -> anyhow::Result<()> {
         if let Some(mut child) = self.child.take() {
-            child.kill().context("killing tansu")?;
-            child.wait().context("waiting for tansu to exit")?;
+            child.kill().context("killing kafka")?;
+            child.wait().context("waiting for kafka to exit")?;
         }
         Ok(())
     }
 
-    /// Starts the broker again on the same port (after [`stop`](Self::stop), or kills it
-    /// first). Its storage starts empty.
+    /// Starts the broker again on the same ports and the same data (after
+    /// [`stop`](Self::stop), or kills it first), and waits until it serves.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop()?;
         self.spawn()
     }
 
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("server.properties")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join(format!("broker-{}.log", self.starts))
+    }
+
+    fn write_config(&self) -> anyhow::Result<()> {
+        let (port, cport) = (self.port, self.controller_port);
+        let data = self.data_dir();
+        let config = format!(
+            "process.roles=broker,controller\n\
+             node.id=1\n\
+             controller.quorum.voters=1@127.0.0.1:{cport}\n\
+             listeners=PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{cport}\n\
+             advertised.listeners=PLAINTEXT://127.0.0.1:{port}\n\
+             controller.listener.names=CONTROLLER\n\
+             inter.broker.listener.name=PLAINTEXT\n\
+             listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT\n\
+             log.dirs={}\n\
+             num.partitions=1\n\
+             auto.create.topics.enable=false\n\
+             offsets.topic.replication.factor=1\n\
+             offsets.topic.num.partitions=4\n\
+             transaction.state.log.replication.factor=1\n\
+             transaction.state.log.min.isr=1\n\
+             share.coordinator.state.topic.replication.factor=1\n\
+             share.coordinator.state.topic.min.isr=1\n\
+             group.initial.rebalance.delay.ms=0\n\
+             group.min.session.timeout.ms=1000\n",
+            data.display()
+        );
+        std::fs::write(self.config_path(), config).context("writing server.properties")
+    }
+
+    fn java_command(&self, log: &Path) -> anyhow::Result<Command> {
+        let out =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let mut cmd = Command::new(&self.java);
+        cmd.args([
+            "-Xms128m",
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-Djava.awt.headless=true",
+        ])
+        .arg(format!(
+            "-Dlog4j2.configurationFile={}",
+            self.home.join("log4j2.properties").display()
+        ))
+        .arg("-cp")
+        .arg(format!("{}/*", self.home.join("libs").display()))
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out);
+        Ok(cmd)
+    }
+
+    /// `kafka-storage.sh format`: writes meta.properties and the bootstrap metadata.
+    fn format(&self) -> anyhow::Result<()> {
+        let log = self.dir.path().join("format.log");
+        let status = self
+            .java_command(&log)?
+            .args(["kafka.tools.StorageTool", "format", "-t", CLUSTER_ID, "-c"])
+            .arg(self.config_path())
+            .status()
+            .context("running kafka.tools.StorageTool format")?;
+        if !status.success() {
+            bail!(
+                "formatting the Kafka storage failed ({status}): {}",
+                std::fs::read_to_string(&log).unwrap_or_default().trim()
+            );
+        }
+        Ok(())
+    }
+
     fn spawn(&mut self) -> anyhow::Result<()> {
-        let url = self.url();
-        let log = std::fs::File::create(&self.log)
-            .with_context(|| format!("creating {}", self.log.display()))?;
-        let child = Command::new(&self.binary)
-            .arg("broker")
-            .args(["--listener-url", &url])
-            .args(["--advertised-listener-url", &url])
-            .args(["--storage-engine", "memory://tansu/"])
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
+        self.starts += 1;
+        let log = self.log_path();
+        let child = self
+            .java_command(&log)?
+            .arg("kafka.Kafka")
+            .arg(self.config_path())
             .spawn()
-            .with_context(|| format!("starting {}", self.binary.display()))?;
+            .with_context(|| format!("starting {}", self.java.display()))?;
         self.child = Some(child);
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, self.port));
         let deadline = Instant::now() + START_TIMEOUT;
@@ -152,21 +315,19 @@ impl KafkaBroker {
                 && let Some(status) = child.try_wait()?
             {
                 self.child = None;
-                bail!(
-                    "tansu exited at start ({status}): {}",
-                    std::fs::read_to_string(&self.log)
-                        .unwrap_or_default()
-                        .trim()
-                );
+                bail!("kafka exited at start ({status}): {}", self.log().trim());
             }
-            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            if self.log().contains(STARTED)
+                && TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok()
+            {
                 return Ok(());
             }
             if Instant::now() >= deadline {
+                let log = self.log();
                 let _ = self.stop();
-                bail!("tansu did not accept connections on {addr} within {START_TIMEOUT:?}");
+                bail!("kafka did not start on {addr} within {START_TIMEOUT:?}: {log}");
             }
-            std::thread::sleep(Duration::from_millis(10));
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
@@ -174,7 +335,6 @@ impl KafkaBroker {
 impl Drop for KafkaBroker {
     fn drop(&mut self) {
         let _ = self.stop();
-        let _ = std::fs::remove_file(&self.log);
     }
 }
 
@@ -183,43 +343,24 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// `$KUBETRAIL_TANSU`, else `tansu` on `PATH`, else `<workspace>/.tools/bin/tansu`.
-fn find_tansu() -> anyhow::Result<PathBuf> {
-    if let Some(p) = std::env::var_os(TANSU_ENV) {
+/// `$KUBETRAIL_KAFKA_HOME`, else what `scripts/install-kafka.sh` installs (running it).
+fn kafka_home() -> anyhow::Result<PathBuf> {
+    if let Some(p) = std::env::var_os(KAFKA_HOME_ENV) {
         let p = PathBuf::from(p);
-        if is_executable(&p) {
+        if p.join("libs").is_dir() {
             return Ok(p);
         }
-        bail!("{TANSU_ENV}={} is not an executable file", p.display());
+        bail!("{KAFKA_HOME_ENV}={} has no libs/ directory", p.display());
     }
-    if let Some(path) = std::env::var_os("PATH") {
-        for dir in std::env::split_paths(&path) {
-            let p = dir.join("tansu");
-            if is_executable(&p) {
-                return Ok(p);
-            }
-        }
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let p = workspace.join(".tools/bin/tansu");
-    if is_executable(&p) {
-        return Ok(p);
-    }
-    bail!(
-        "the tansu Kafka broker is not installed: run scripts/install-tansu.sh (installs \
-         .tools/bin/tansu), put tansu on PATH, or set {TANSU_ENV}"
-    )
+    crate::tools::install("install-kafka.sh")
 }
 
-fn is_executable(p: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt as _;
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+fn find_java() -> anyhow::Result<PathBuf> {
+    if let Some(home) = std::env::var_os("JAVA_HOME") {
+        let p = PathBuf::from(home).join("bin/java");
+        if p.is_file() {
+            return Ok(p);
+        }
     }
-    #[cfg(not(unix))]
-    {
-        p.is_file()
-    }
+    crate::tools::on_path("java").context("Apache Kafka needs Java 17+: java is not on PATH")
 }

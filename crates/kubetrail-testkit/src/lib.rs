@@ -19,28 +19,43 @@
 //!   retries with exponential backoff on non-2xx, bearer token, TLS with a
 //!   custom CA and client certificate, gzip), so the receiver is tested
 //!   against the retry behaviour it is designed for.
-//! * [`KafkaBroker`]: a real Kafka-protocol broker (tansu, in-memory storage)
-//!   started as a child process on a free port, with topic creation, stop and
-//!   restart, for the Kafka queue's tests (`scripts/install-tansu.sh`
-//!   installs the binary).
+//! * [`KafkaBroker`]: a real Apache Kafka 4.x broker (KRaft, single node, data
+//!   on disk in a temporary directory) started as a child process on free
+//!   ports, with topic creation, crash (`stop`) and restart on the same data.
+//! * [`Jaeger`] and [`JaegerQuery`]: the real Jaeger v2 all-in-one (in-memory
+//!   storage) on free ports, and a client of its HTTP query API that reads
+//!   traces back as Jaeger UI does.
+//!
+//! Jaeger and Kafka are built or fetched by the pinned scripts under
+//! `scripts/` (`install-jaeger.sh`, `install-kafka.sh`) into `.tools/`; the
+//! harnesses run them on first use (once, under a lock).
 //!
 //! It is a test library: never a dependency of production code.
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod jaeger;
 mod kafka;
 mod pki;
+mod proc;
 mod receiver;
 mod span;
+mod tools;
 mod webhook;
 
-pub use kafka::{KafkaBroker, TANSU_ENV};
+pub use jaeger::{
+    JAEGER_ENV, Jaeger, JaegerLog, JaegerProcess, JaegerQuery, JaegerReference, JaegerSpan,
+    JaegerTag, JaegerTrace, TraceQuery, percent_encode,
+};
+pub use kafka::{KAFKA_HOME_ENV, KafkaBroker};
 pub use pki::Pki;
+pub use proc::rss_bytes;
 pub use receiver::{OtlpReceiver, ReceivedRequest};
 pub use span::{
     Protocol, ReceivedSpan, any_value_to_json, any_value_to_string, attributes_to_map, flatten,
     parse_otlp_json, parse_otlp_json_lines,
 };
+pub use tools::workspace_root;
 
 pub use webhook::{
     ApiServerClient, BatchOutcome, DEFAULT_BATCH_SIZE, DEFAULT_INITIAL_BACKOFF,

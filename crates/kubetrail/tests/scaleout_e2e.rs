@@ -1,5 +1,5 @@
 //! Scale-out as an operator runs it: `kubetrail receive` in front of a real Kafka-protocol
-//! broker (tansu), two `kubetrail consume` processes in one group, a real OTLP receiver. The
+//! broker (Apache Kafka), two `kubetrail consume` processes in one group, a real OTLP receiver. The
 //! traces equal those `kubetrail replay` builds from the same events.
 
 use std::time::Duration;
@@ -53,9 +53,6 @@ async fn webhook_to_kafka_to_two_consumers_equals_replay() {
             "audit".into(),
             "--kafka-group".into(),
             "e2e".into(),
-            // tansu holds a JoinGroup for about half the session timeout (ENVIRONMENT.md).
-            "--kafka-property".into(),
-            "session.timeout.ms=6000".into(),
             "--otlp-endpoint".into(),
             endpoint.clone(),
         ]
@@ -117,4 +114,201 @@ async fn webhook_to_kafka_to_two_consumers_equals_replay() {
     }
     // Stopping flushed nothing new and lost nothing: still exactly the replay's spans.
     assert_eq!(ids(&otlp.spans()), expected);
+}
+
+/// One `kubetrail consume` of group `group` on `topic`, exporting into Jaeger.
+async fn consume(brokers: &str, topic: &str, group: &str, otlp: &str) -> (Child, String) {
+    start(
+        &[
+            "consume",
+            "--cluster",
+            "e2e",
+            "--kafka-brokers",
+            brokers,
+            "--kafka-topic",
+            topic,
+            "--kafka-group",
+            group,
+            "--otlp-endpoint",
+            otlp,
+        ],
+        "kubetrail consume: joined group",
+    )
+    .await
+}
+
+/// `kubetrail receive` on `topic` with a short produce timeout (so a broker outage turns into
+/// 503 within seconds); returns the child and its `http://ADDR/audit/e2e` URL.
+async fn receive(dir: &std::path::Path, brokers: &str, topic: &str) -> (Child, String) {
+    let config = dir.join("receive.yaml");
+    std::fs::write(&config, "kafka:\n  produce_timeout: 3s\n").unwrap();
+    let (child, rest) = start(
+        &[
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            "e2e",
+            "--config",
+            config.to_str().unwrap(),
+            "--kafka-brokers",
+            brokers,
+            "--kafka-topic",
+            topic,
+        ],
+        "kubetrail receive: listening on ",
+    )
+    .await;
+    let url = format!("http://{}/audit/e2e", first_word(&rest));
+    (child, url)
+}
+
+fn kill9(child: &Child) {
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-KILL", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+}
+
+/// The committed offsets of `group` equal the end of every partition: each message was
+/// consumed and committed, and nothing is left behind.
+async fn wait_all_committed(broker: &KafkaBroker, group: &str, topic: &str) {
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        let end = broker.end_offsets(topic).unwrap();
+        let committed = broker.committed_offsets(group, topic).unwrap();
+        let done = end
+            .iter()
+            .all(|(p, e)| *e == 0 || committed.get(p) == Some(e));
+        if done {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "committed {committed:?} of {end:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_restart_with_receive_and_two_consumers_running_loses_nothing_acknowledged() {
+    let stream = RolloutScenario::default().generate();
+    let expected = common::replay_id_set("e2e", &stream.to_json_lines()).await;
+    let jaeger = kubetrail_testkit::Jaeger::start().unwrap();
+    let mut broker = KafkaBroker::start().unwrap();
+    broker.create_topic("audit", 4).unwrap();
+    let brokers = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut recv, url) = receive(dir.path(), &brokers, "audit").await;
+    let otlp = jaeger.otlp_grpc_endpoint();
+    let (mut ca, _) = consume(&brokers, "audit", "g", &otlp).await;
+    let (mut cb, _) = consume(&brokers, "audit", "g", &otlp).await;
+
+    let half = stream.events.len() / 2;
+    let client = ApiServerClient::new(&url).with_batch_size(50);
+    let first = client.send_events(&stream.events[..half]).await.unwrap();
+    assert!(first.all_delivered(), "{:?}", first.statuses());
+
+    // The broker crashes: `receive` answers 503 + Retry-After (the API server keeps the batch
+    // and retries) instead of acknowledging what it cannot store.
+    broker.stop().unwrap();
+    let body = serde_json::to_vec(&kubetrail_testkit::event_list(
+        &stream.events[half..half + 10],
+    ))
+    .unwrap();
+    let down = ApiServerClient::new(&url)
+        .post_raw("", body, &[])
+        .await
+        .unwrap();
+    assert_eq!(down.status, 503, "{}", down.text());
+    assert!(down.header("retry-after").is_some());
+
+    // Back on the same data; the rest is sent, retried as the API server does.
+    broker.restart().unwrap();
+    let rest = ApiServerClient::new(&url)
+        .with_batch_size(50)
+        .with_retries(30, Duration::from_millis(500))
+        .send_events(&stream.events[half..])
+        .await
+        .unwrap();
+    assert!(rest.all_delivered(), "{:?}", rest.statuses());
+
+    // Everything acknowledged is in Jaeger with replay's ids; nothing else is.
+    let got =
+        common::wait_for_jaeger_ids(&jaeger.query(), &expected, Duration::from_secs(180)).await;
+    assert_eq!(got, expected, "the traces equal replay's");
+    // The topic holds each acknowledged event once (idempotent producer: the broker restart
+    // duplicated nothing), and the group committed exactly to its end.
+    let end: i64 = broker.end_offsets("audit").unwrap().values().sum();
+    assert_eq!(
+        end as usize,
+        stream.events.len(),
+        "one message per acknowledged event"
+    );
+    wait_all_committed(&broker, "g", "audit").await;
+    for c in [&mut ca, &mut cb, &mut recv] {
+        assert!(terminate(c).await.success());
+    }
+    assert_eq!(common::jaeger_id_set(&jaeger.query()).await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_killed_with_sigkill_is_replaced_and_the_traces_equal_replay() {
+    let stream = RolloutScenario::default().generate();
+    let expected = common::replay_id_set("e2e", &stream.to_json_lines()).await;
+    let jaeger = kubetrail_testkit::Jaeger::start().unwrap();
+    let broker = KafkaBroker::start().unwrap();
+    broker.create_topic("audit", 4).unwrap();
+    let brokers = broker.addr();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut recv, url) = receive(dir.path(), &brokers, "audit").await;
+    let otlp = jaeger.otlp_grpc_endpoint();
+    let (ca, _) = consume(&brokers, "audit", "g", &otlp).await;
+    let (mut cb, _) = consume(&brokers, "audit", "g", &otlp).await;
+
+    let half = stream.events.len() / 2;
+    let client = ApiServerClient::new(&url).with_batch_size(50);
+    assert!(
+        client
+            .send_events(&stream.events[..half])
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+    // Once the group committed part of the first half, one consumer dies without a word.
+    let until = std::time::Instant::now() + Duration::from_secs(120);
+    while broker
+        .committed_offsets("g", "audit")
+        .unwrap()
+        .values()
+        .sum::<i64>()
+        == 0
+    {
+        assert!(std::time::Instant::now() < until, "nothing committed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    kill9(&ca);
+    // A replacement joins; the group hands it the dead member's partitions once the session
+    // timeout expired, and it resumes them (with the lookback) where the dead one committed.
+    let (mut cc, _) = consume(&brokers, "audit", "g", &otlp).await;
+    assert!(
+        client
+            .send_events(&stream.events[half..])
+            .await
+            .unwrap()
+            .all_delivered()
+    );
+
+    let got =
+        common::wait_for_jaeger_ids(&jaeger.query(), &expected, Duration::from_secs(180)).await;
+    assert_eq!(got, expected, "the traces equal replay's");
+    wait_all_committed(&broker, "g", "audit").await;
+    for c in [&mut cb, &mut cc, &mut recv] {
+        assert!(terminate(c).await.success());
+    }
 }

@@ -1,4 +1,4 @@
-//! Shared helpers of the Kafka integration tests: every test starts its own tansu broker
+//! Shared helpers of the Kafka integration tests: every test starts its own Apache Kafka broker
 //! (`kubetrail_testkit::KafkaBroker`) and uses its own topic and group names.
 
 #![allow(dead_code)]
@@ -47,13 +47,13 @@ pub fn unique(prefix: &str) -> String {
 
 /// A broker with a fresh topic of `partitions` partitions.
 pub fn broker_with_topic(partitions: u32) -> (KafkaBroker, String) {
-    let broker = KafkaBroker::start().expect("start tansu (scripts/install-tansu.sh)");
+    let broker = KafkaBroker::start().expect("start Apache Kafka (scripts/install-kafka.sh)");
     let topic = unique("audit");
     broker.create_topic(&topic, partitions).unwrap();
     (broker, topic)
 }
 
-/// Test settings: fast commits; tansu-friendly session timeout (the default).
+/// Test settings: fast commits; the default session timeout.
 pub fn config(broker: &KafkaBroker, topic: &str, group: &str) -> KafkaConfig {
     KafkaConfig {
         brokers: broker.addr(),

@@ -79,3 +79,97 @@ pub fn id_set(spans: &[ReceivedSpan]) -> BTreeSet<(String, String, Option<String
         })
         .collect()
 }
+
+/// The (trace id, span id, parent span id) of every span Jaeger holds, found as Jaeger UI
+/// finds traces (a search per service) and opened one by one. Exact duplicates of a span
+/// (at-least-once delivery) are one span in Jaeger's view.
+pub async fn jaeger_id_set(
+    q: &kubetrail_testkit::JaegerQuery,
+) -> BTreeSet<(String, String, Option<String>)> {
+    let mut out = BTreeSet::new();
+    for t in jaeger_traces(q).await.values() {
+        for s in &t.spans {
+            out.insert((
+                s.trace_id.clone(),
+                s.span_id.clone(),
+                s.parent().map(|r| r.span_id.clone()),
+            ));
+        }
+    }
+    out
+}
+
+/// Every trace Jaeger holds, by id: a search per service, each found trace re-read through
+/// `/api/traces/{id}` as the trace view does.
+pub async fn jaeger_traces(
+    q: &kubetrail_testkit::JaegerQuery,
+) -> std::collections::BTreeMap<String, kubetrail_testkit::JaegerTrace> {
+    let mut ids = BTreeSet::new();
+    for service in q.services().await.unwrap() {
+        let mut query = kubetrail_testkit::TraceQuery::service(&service);
+        query.limit = Some(100_000);
+        for t in q.find_traces(&query).await.unwrap() {
+            ids.insert(t.trace_id);
+        }
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for id in ids {
+        let t = q
+            .trace(&id)
+            .await
+            .unwrap()
+            .expect("a found trace can be opened");
+        out.insert(id, t);
+    }
+    out
+}
+
+/// Polls Jaeger until it holds at least the spans of `expected` (by id), up to `deadline`;
+/// returns what it holds then.
+pub async fn wait_for_jaeger_ids(
+    q: &kubetrail_testkit::JaegerQuery,
+    expected: &BTreeSet<(String, String, Option<String>)>,
+    deadline: Duration,
+) -> BTreeSet<(String, String, Option<String>)> {
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        let got = jaeger_id_set(q).await;
+        if got.is_superset(expected) {
+            return got;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "Jaeger holds {} of the {} expected spans after {deadline:?}",
+            got.intersection(expected).count(),
+            expected.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The ids `kubetrail replay --cluster CLUSTER` exports for these JSON lines.
+pub async fn replay_id_set(
+    cluster: &str,
+    json_lines: &str,
+) -> BTreeSet<(String, String, Option<String>)> {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    std::fs::write(&log, json_lines).unwrap();
+    let json = dir.path().join("replay.jsonl");
+    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args(["replay", "--cluster", cluster, "--otlp-json"])
+        .arg(&json)
+        .arg(&log)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    id_set(
+        &kubetrail_testkit::parse_otlp_json_lines(&std::fs::read_to_string(&json).unwrap())
+            .unwrap(),
+    )
+}
