@@ -13,17 +13,18 @@
 //!   ([`ids::part_trace_id`](kubetrail_model::ids::part_trace_id)). A part belongs to one
 //!   **owner** object; its root span is a stand-in for that owner, linking back to the owner's
 //!   real span, and the owner's span links forward to its parts.
-//! * A new object is admitted into its owner's slot while that slot has room for it and
-//!   [`OBJECT_RESERVE`] spans (its own span and its first requests, reserved so that an object
+//! * A new object is admitted into its owner's slot while that slot has room for
+//!   `OBJECT_RESERVE` spans (its own span and its first requests, reserved so that an object
 //!   and its requests usually stay together). Objects directly under a slot's root may fill it
-//!   to 7/8 of the budget (the rest stays for the root's own requests); deeper objects only to
-//!   half (so the main trace keeps room for the owners: the second ReplicaSet of a rollout still
-//!   lands in the main trace next to the first). Otherwise it goes into the owner's open part,
-//!   or a new part of that owner is opened.
-//! * A request goes into its object's slot while the object has reserved spans left or the
-//!   slot is below the budget; otherwise under a stand-in of the object in the object's own
-//!   part. So the owner's own requests stay in the main trace until it is full, and nothing is
-//!   ever dropped.
+//!   to 15/16 of the budget, deeper objects only to half (so the main trace keeps room for the
+//!   owners: the second ReplicaSet of a rollout still lands in the main trace next to the
+//!   first). Otherwise it goes into the owner's open part, or a new part of that owner is
+//!   opened.
+//! * A request goes into its object's slot while the object has reserved spans left, or while
+//!   the slot is below the limit for the object's depth (the slot root's own requests: the
+//!   budget; its direct children's: 13/16; deeper: 12/16); otherwise under a stand-in of the
+//!   object in the object's own part. So the family root's own requests stay in the main trace,
+//!   and nothing is ever dropped.
 //! * Parts of one owner form a chain (each stand-in links to the previous and next part), so
 //!   every part is reachable from the owner even past the number of links a span carries.
 //!
