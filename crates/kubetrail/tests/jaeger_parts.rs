@@ -112,7 +112,11 @@ async fn a_family_above_the_budget_reads_back_in_jaeger_within_it_and_linked() {
         .flat_map(|t| t.spans.iter())
         .filter(|s| s.tag("kubetrail.part.stand_in").as_deref() == Some("true"))
         .collect();
-    assert_eq!(stand_ins.len(), per_trace.len() - 1, "one stand-in per part");
+    assert_eq!(
+        stand_ins.len(),
+        per_trace.len() - 1,
+        "one stand-in per part"
+    );
     let main: BTreeSet<String> = stand_ins
         .iter()
         .map(|s| s.tag("kubetrail.part.main_trace").unwrap())
