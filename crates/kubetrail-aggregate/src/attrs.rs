@@ -34,6 +34,40 @@ pub const SUBRESOURCE: &str = "kubetrail.audit.subresource";
 /// `http.response.status_code` (OpenTelemetry).
 pub const STATUS_CODE: &str = "http.response.status_code";
 
+/// `kubetrail.part.index`: the part (1, 2, …) of its family a span is in; absent in the main
+/// trace.
+pub const PART_INDEX: &str = "kubetrail.part.index";
+/// `kubetrail.part.count`: parts the family had in the window when the part was emitted.
+pub const PART_COUNT: &str = "kubetrail.part.count";
+/// `kubetrail.part.stand_in`: the span is a part's root, standing in for the owner.
+pub const PART_STAND_IN: &str = "kubetrail.part.stand_in";
+/// `kubetrail.part.objects`: objects whose span is in the part.
+pub const PART_OBJECTS: &str = "kubetrail.part.objects";
+/// `kubetrail.part.requests`: request spans in the part.
+pub const PART_REQUESTS: &str = "kubetrail.part.requests";
+/// `kubetrail.part.main_trace`: the family's main trace id (hex), on a part's stand-in.
+pub const PART_MAIN_TRACE: &str = "kubetrail.part.main_trace";
+/// `kubetrail.parts`: on an owner's span, how many parts hold its objects or requests.
+pub const PARTS: &str = "kubetrail.parts";
+/// `kubetrail.link.rule`: why a span link exists.
+pub const LINK_RULE: &str = "kubetrail.link.rule";
+/// `kubetrail.link.target`: what the link leads to, for a person.
+pub const LINK_TARGET: &str = "kubetrail.link.target";
+/// Link rule: an owner's span to one of its parts.
+pub const LINK_PART: &str = "part";
+/// Link rule: a part's stand-in back to the owner's span.
+pub const LINK_PART_OWNER: &str = "part-owner";
+/// Link rule: a part's stand-in to the owner's previous part.
+pub const LINK_PART_PREVIOUS: &str = "part-previous";
+/// Link rule: a part's stand-in to the owner's next part.
+pub const LINK_PART_NEXT: &str = "part-next";
+/// Link rule: an object's span to its owner's span in another trace.
+pub const LINK_OWNER: &str = "owner";
+/// Link rule: an object's span to its span in an earlier segment of the same window.
+pub const LINK_PREVIOUS_SEGMENT: &str = "previous-segment";
+/// Link rule: an object's span to its last span in the previous window.
+pub const LINK_PREVIOUS_WINDOW: &str = "previous-window";
+
 pub(crate) fn push(
     attrs: &mut Vec<(AttrKey, AttrValue)>,
     key: &'static str,

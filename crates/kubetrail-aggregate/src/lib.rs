@@ -20,11 +20,21 @@
 //!
 //! Time is event time: the clock is the latest timestamp seen (plus wall-clock ticks from a
 //! live source), so a replay is deterministic.
+//!
+//! No trace holds more than `max_trace_spans` spans: a family that outgrows it is cut into
+//! *parts*, traces of their own under a stand-in of the owner (see [`parts`]'s module doc).
+//! Owners carry counts of their subtree; an object's span links to its previous span (an
+//! earlier segment, or the previous window), so windows lead to each other.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod attrs;
+mod history;
+pub mod parts;
+mod summary;
+
+pub use parts::MIN_TRACE_SPANS;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -52,6 +62,10 @@ pub struct AggregatorConfig {
     /// Objects held open at most; beyond it the least recently active families are emitted
     /// early (memory is bounded by this, not by the input).
     pub max_open_objects: usize,
+    /// Spans per exported trace at most (`aggregate.max_trace_spans`): a family that outgrows
+    /// it is cut into parts, traces of their own linked to the owner's span. At least
+    /// [`MIN_TRACE_SPANS`].
+    pub max_trace_spans: usize,
 }
 
 impl Default for AggregatorConfig {
@@ -61,6 +75,7 @@ impl Default for AggregatorConfig {
             linger: Duration::from_secs(30),
             object_service: "kubetrail".into(),
             max_open_objects: 100_000,
+            max_trace_spans: 2_000,
         }
     }
 }
@@ -145,6 +160,14 @@ pub struct AggregatorStats {
     pub continuations: u64,
     /// New incarnations (recreated under the same name).
     pub recreations: u64,
+    /// Part traces opened because a family outgrew `max_trace_spans`.
+    pub parts: u64,
+    /// Stand-in spans emitted (the root span of each part).
+    pub stand_in_spans: u64,
+    /// Request spans placed under a stand-in of their object (its own trace was full).
+    pub requests_under_stand_ins: u64,
+    /// Object spans linked to the same object's previous span (earlier segment or window).
+    pub history_links: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -170,6 +193,14 @@ struct ObjectState {
     deleted: bool,
     links: Vec<SpanLinkRecord>,
     objsetid: Option<String>,
+    /// Warning Events about the object.
+    warnings: u32,
+    /// The trace the span is in: 0 = the family's main trace, k = part k.
+    slot: u32,
+    /// Spans reserved for the object's next requests in its slot.
+    reserved: u32,
+    /// The object's open part (its objects and requests that did not fit), if any.
+    own_part: Option<u32>,
 }
 
 #[derive(Debug)]
@@ -178,6 +209,7 @@ struct Family {
     trace_id: TraceId,
     objects: BTreeMap<ObjectRef, ObjectState>,
     last_activity: UnixNanos,
+    cut: parts::Cut,
 }
 
 /// The aggregation state machine. Single-threaded and deterministic: the same calls in the
@@ -195,6 +227,9 @@ pub struct Aggregator {
     open_objects: usize,
     clock: UnixNanos,
     stats: AggregatorStats,
+    max_spans: u32,
+    budgets: parts::Budgets,
+    history: history::History,
 }
 
 fn nanos(d: Duration) -> i64 {
@@ -207,7 +242,6 @@ impl Aggregator {
         Aggregator {
             window: nanos(config.window).max(1),
             linger: nanos(config.linger),
-            config,
             next_id: 0,
             index: HashMap::new(),
             families: HashMap::new(),
@@ -216,6 +250,11 @@ impl Aggregator {
             open_objects: 0,
             clock: i64::MIN,
             stats: AggregatorStats::default(),
+            max_spans: u32::try_from(config.max_trace_spans.max(MIN_TRACE_SPANS))
+                .unwrap_or(u32::MAX),
+            budgets: parts::Budgets::default(),
+            history: history::History::default(),
+            config,
         }
     }
 
@@ -282,6 +321,39 @@ impl Aggregator {
             deleted: false,
             links: Vec::new(),
             objsetid: None,
+            warnings: 0,
+            slot: 0,
+            reserved: 0,
+            own_part: None,
+        }
+    }
+
+    /// Decides which trace a new object state's span goes to (see [`parts`]).
+    fn admit(&mut self, id: u64, obj: &ObjectRef) {
+        let Some(fam) = self.families.get_mut(&id) else {
+            return;
+        };
+        let parent = fam.objects.get(obj).and_then(|s| s.parent.clone());
+        let owner = parent
+            .as_ref()
+            .and_then(|p| fam.objects.get(p).map(|ps| (p, ps.slot, ps.own_part)));
+        let adm = match owner {
+            Some((p, slot, part)) => {
+                let is_root = fam.cut.is_slot_root(slot, p, &fam.key.root);
+                fam.cut.admit(p, slot, is_root, part)
+            }
+            // The family root (an owner outside the family cannot happen: the chain is whole).
+            None => fam.cut.admit_root(),
+        };
+        if let Some(k) = adm.owner_part {
+            self.stats.parts += 1;
+            if let Some(ps) = parent.as_ref().and_then(|p| fam.objects.get_mut(p)) {
+                ps.own_part = Some(k);
+            }
+        }
+        if let Some(st) = fam.objects.get_mut(obj) {
+            st.slot = adm.slot;
+            st.reserved = adm.reserved;
         }
     }
 
@@ -315,11 +387,14 @@ impl Aggregator {
                 {
                     self.stats.continuations += 1;
                 }
+                let (main_used, next_part) =
+                    self.budgets.get(window_start, &key.cluster, &key.root);
                 let fam = Family {
                     trace_id: ids::trace_id(&key.cluster, &key.root, window_start),
                     key: key.clone(),
                     objects: BTreeMap::new(),
                     last_activity: end,
+                    cut: parts::Cut::new(self.max_spans, main_used, next_part),
                 };
                 self.index.insert(key.clone(), id);
                 self.families.insert(id, fam);
@@ -336,7 +411,8 @@ impl Aggregator {
             chain.push((a.clone(), place.ancestors.get(i + 1).cloned()));
         }
         let mut recreated = None;
-        for (i, (obj, parent)) in chain.into_iter().enumerate() {
+        // Root first, so that an owner is placed (in a trace of the family) before what it owns.
+        for (i, (obj, parent)) in chain.into_iter().enumerate().rev() {
             let exists = self
                 .families
                 .get(&id)
@@ -344,9 +420,10 @@ impl Aggregator {
             if !exists {
                 let st = self.new_state(&key, obj.clone(), parent, &place.cluster);
                 if let Some(f) = self.families.get_mut(&id) {
-                    f.objects.insert(obj, st);
+                    f.objects.insert(obj.clone(), st);
                     self.open_objects += 1;
                 }
+                self.admit(id, &obj);
                 continue;
             }
             let Some(f) = self.families.get_mut(&id) else {
@@ -376,8 +453,14 @@ impl Aggregator {
         let Some(fam) = self.families.get_mut(&id) else {
             return;
         };
-        let trace_id = fam.trace_id;
-        let Some(st) = fam.objects.get_mut(&place.object) else {
+        let Family {
+            objects,
+            cut,
+            key,
+            last_activity,
+            ..
+        } = fam;
+        let Some(st) = objects.get_mut(&place.object) else {
             return;
         };
         st.own = Some(match st.own {
@@ -388,6 +471,13 @@ impl Aggregator {
         let failed = event.response_code().is_some_and(|c| c >= 400);
         if failed {
             st.errors += 1;
+        }
+        if place
+            .kube_event
+            .as_ref()
+            .is_some_and(|k| k.kind == "Warning")
+        {
+            st.warnings += 1;
         }
         if place.kind.is_some() {
             st.kind = place.kind.clone();
@@ -432,11 +522,31 @@ impl Aggregator {
                 st.links.push(link);
             }
         }
-        let parent_span = st.span_id;
+        // Which trace the request's span goes to: decided now, never revised (it is exported now).
+        let depth = cut.depth(st.slot, &st.object, st.parent.as_ref(), &key.root);
+        let placed = cut.request(
+            &st.object,
+            st.slot,
+            depth,
+            &mut st.reserved,
+            st.own_part,
+            (start, end),
+        );
+        if let Some(k) = placed.opened {
+            st.own_part = Some(k);
+            self.stats.parts += 1;
+        }
+        let trace_id = ids::part_trace_id(&key.cluster, &key.root, key.window_start, placed.slot);
+        let parent_span = if placed.under_stand_in {
+            self.stats.requests_under_stand_ins += 1;
+            ids::part_root_span_id(&key.cluster, &key.root, key.window_start, placed.slot)
+        } else {
+            st.span_id
+        };
         let object = st.object.clone();
-        if end > fam.last_activity {
-            self.activity.remove(&(fam.last_activity, id));
-            fam.last_activity = end;
+        if end > *last_activity {
+            self.activity.remove(&(*last_activity, id));
+            *last_activity = end;
             self.activity.insert((end, id));
         }
 
@@ -483,6 +593,8 @@ impl Aggregator {
             }
             self.segments.pop_first();
         }
+        self.budgets.prune(horizon);
+        self.history.prune(horizon);
     }
 
     /// Emits every open family (end of input, shutdown, or a consumer losing its partitions).
@@ -506,26 +618,67 @@ impl Aggregator {
         let Some(old) = fam.objects.remove(obj) else {
             return;
         };
-        let (key, trace_id) = (fam.key.clone(), fam.trace_id);
-        let parent_span = old
-            .parent
-            .as_ref()
-            .and_then(|p| fam.objects.get(p))
-            .map(|p| p.span_id);
+        let (parent_span, owner_link) = parent_of(fam, &old);
+        let key = fam.key.clone();
         if let Some((s, e)) = old.own {
-            out.push(self.object_span(&key, trace_id, &old, parent_span, s, e, false));
+            let trace_id = slot_trace(&key, old.slot);
+            let mut span = self.object_span(&key, trace_id, &old, parent_span, s, e, false);
+            span.links.extend(owner_link);
+            span.links.extend(self.history_link(&key, &old, trace_id));
+            if old.slot != 0 {
+                attrs::push(&mut span.attributes, attrs::PART_INDEX, i64::from(old.slot));
+            }
+            out.push(span);
             self.stats.object_spans += 1;
         }
         self.bump_segment(&key, &old);
         let mut fresh = self.new_state(&key, obj.clone(), old.parent.clone(), &old.cluster);
         fresh.kind = old.kind;
+        // What the old incarnation owned keeps filling the same part.
+        fresh.own_part = old.own_part;
         if let Some(f) = self.families.get_mut(&id) {
             f.objects.insert(obj.clone(), fresh);
         }
+        self.admit(id, obj);
+    }
+
+    /// The link to the object's previous span (an earlier segment in this window, or its last
+    /// span in the previous window), remembering this one as the latest.
+    fn history_link(
+        &mut self,
+        key: &FamilyKey,
+        st: &ObjectState,
+        trace_id: TraceId,
+    ) -> Option<SpanLinkRecord> {
+        let prev = self
+            .history
+            .previous(key.window_start, self.window, &st.cluster, &st.object);
+        self.history.record(
+            key.window_start,
+            &st.cluster,
+            &st.object,
+            history::Emitted {
+                trace_id,
+                span_id: st.span_id,
+            },
+        );
+        prev.map(|(e, previous_window)| {
+            self.stats.history_links += 1;
+            link(
+                e.trace_id,
+                e.span_id,
+                if previous_window {
+                    attrs::LINK_PREVIOUS_WINDOW
+                } else {
+                    attrs::LINK_PREVIOUS_SEGMENT
+                },
+                None,
+            )
+        })
     }
 
     fn emit_family(&mut self, id: u64, out: &mut Vec<SpanRecord>) {
-        let Some(fam) = self.families.remove(&id) else {
+        let Some(mut fam) = self.families.remove(&id) else {
             return;
         };
         self.index.remove(&fam.key);
@@ -533,45 +686,187 @@ impl Aggregator {
         self.open_objects = self.open_objects.saturating_sub(fam.objects.len());
         self.stats.families_emitted += 1;
 
-        // An object's span covers its own requests and those of everything it owns.
-        let mut extent: BTreeMap<&ObjectRef, (UnixNanos, UnixNanos)> = BTreeMap::new();
-        for st in fam.objects.values() {
-            let Some((s, e)) = st.own else { continue };
-            let mut cur = Some(&st.object);
-            let mut hops = 0;
-            while let Some(o) = cur {
-                let ext = extent.entry(o).or_insert((s, e));
-                ext.0 = ext.0.min(s);
-                ext.1 = ext.1.max(e);
-                cur = fam.objects.get(o).and_then(|x| x.parent.as_ref());
-                hops += 1;
-                if hops > fam.objects.len() {
-                    break;
+        {
+            let fam = &fam;
+            // An object's span covers its own requests and those of everything it owns.
+            let mut extent: BTreeMap<&ObjectRef, (UnixNanos, UnixNanos)> = BTreeMap::new();
+            for st in fam.objects.values() {
+                let Some((s, e)) = st.own else { continue };
+                let mut cur = Some(&st.object);
+                let mut hops = 0;
+                while let Some(o) = cur {
+                    let ext = extent.entry(o).or_insert((s, e));
+                    ext.0 = ext.0.min(s);
+                    ext.1 = ext.1.max(e);
+                    cur = fam.objects.get(o).and_then(|x| x.parent.as_ref());
+                    hops += 1;
+                    if hops > fam.objects.len() {
+                        break;
+                    }
                 }
             }
+            let own: Vec<summary::Own<'_>> = fam
+                .objects
+                .values()
+                .map(|st| summary::Own {
+                    object: &st.object,
+                    parent: st.parent.as_ref(),
+                    kind: st
+                        .kind
+                        .clone()
+                        .unwrap_or_else(|| st.object.group_resource()),
+                    requests: st.requests,
+                    errors: st.errors,
+                    warnings: st.warnings,
+                })
+                .collect();
+            let summaries = summary::summarize(&own);
+            let mut owned_parts: HashMap<&ObjectRef, Vec<u32>> = HashMap::new();
+            for (k, part) in &fam.cut.parts {
+                owned_parts.entry(&part.owner).or_default().push(*k);
+            }
+            let total_parts = fam.cut.next_part;
+            let mut part_extent: HashMap<u32, (UnixNanos, UnixNanos)> = HashMap::new();
+            for st in fam.objects.values() {
+                let Some(&(s, e)) = extent.get(&st.object) else {
+                    continue;
+                };
+                if st.slot != 0 {
+                    let ext = part_extent.entry(st.slot).or_insert((s, e));
+                    ext.0 = ext.0.min(s);
+                    ext.1 = ext.1.max(e);
+                }
+                let (parent_span, owner_link) = parent_of(fam, st);
+                let trace_id = slot_trace(&fam.key, st.slot);
+                let mut span =
+                    self.object_span(&fam.key, trace_id, st, parent_span, s, e, st.own.is_none());
+                span.links.extend(owner_link);
+                span.links.extend(self.history_link(&fam.key, st, trace_id));
+                if st.slot != 0 {
+                    attrs::push(&mut span.attributes, attrs::PART_INDEX, i64::from(st.slot));
+                }
+                if let Some(sum) = summaries.get(&st.object) {
+                    summary::attributes(sum, &mut span.attributes);
+                }
+                if let Some(ks) = owned_parts.get(&st.object) {
+                    attrs::push(
+                        &mut span.attributes,
+                        attrs::PARTS,
+                        i64::try_from(ks.len()).unwrap_or(i64::MAX),
+                    );
+                    // The first parts; the rest are reached along the chain of parts.
+                    for k in ks.iter().take(MAX_PART_LINKS) {
+                        span.links.push(link(
+                            slot_trace(&fam.key, *k),
+                            stand_in_id(&fam.key, *k),
+                            attrs::LINK_PART,
+                            Some(format!("part {k} of {total_parts}")),
+                        ));
+                    }
+                }
+                out.push(span);
+                self.stats.object_spans += 1;
+            }
+            for (k, part) in &fam.cut.parts {
+                let owner = fam.objects.get(&part.owner);
+                let mut ext = part_extent.get(k).copied();
+                if let Some((s, e)) = part.extent {
+                    ext = Some(match ext {
+                        Some((a, b)) => (a.min(s), b.max(e)),
+                        None => (s, e),
+                    });
+                }
+                let Some((s, e)) = ext.or_else(|| extent.get(&part.owner).copied()) else {
+                    continue;
+                };
+                out.push(self.stand_in_span(fam, *k, part, owner, (s, e)));
+                self.stats.stand_in_spans += 1;
+            }
         }
-        for st in fam.objects.values() {
-            let Some(&(s, e)) = extent.get(&st.object) else {
-                continue;
-            };
-            let parent_span = st
-                .parent
-                .as_ref()
-                .and_then(|p| fam.objects.get(p))
-                .map(|p| p.span_id);
-            out.push(self.object_span(
-                &fam.key,
-                fam.trace_id,
-                st,
-                parent_span,
-                s,
-                e,
-                st.own.is_none(),
-            ));
-            self.stats.object_spans += 1;
-        }
+        // What the main trace still has room for carries over to the family's later segments.
+        let unused: u32 = fam
+            .objects
+            .values()
+            .filter(|st| st.slot == 0)
+            .map(|st| st.reserved)
+            .sum();
+        fam.cut.release_main(unused);
+        self.budgets.set(
+            fam.key.window_start,
+            &fam.key.cluster,
+            &fam.key.root,
+            (fam.cut.main_used, fam.cut.next_part),
+        );
         for st in fam.objects.values() {
             self.bump_segment(&fam.key, st);
+        }
+    }
+
+    /// The root span of part `k`: a stand-in for the part's owner, linking back to the owner's
+    /// span and along the chain of the owner's parts.
+    fn stand_in_span(
+        &self,
+        fam: &Family,
+        k: u32,
+        part: &parts::Part,
+        owner: Option<&ObjectState>,
+        (start, end): (UnixNanos, UnixNanos),
+    ) -> SpanRecord {
+        let key = &fam.key;
+        let cluster = owner.map_or(key.cluster.as_str(), |o| o.cluster.as_str());
+        let mut a: Vec<(AttrKey, AttrValue)> = Vec::with_capacity(20);
+        attrs::object_identity(&mut a, cluster, &part.owner);
+        if let Some(kind) = owner.and_then(|o| o.kind.as_deref()) {
+            attrs::push(&mut a, attrs::OBJECT_KIND, kind);
+        }
+        attrs::push(&mut a, attrs::PART_STAND_IN, true);
+        attrs::push(&mut a, attrs::PART_INDEX, i64::from(k));
+        attrs::push(&mut a, attrs::PART_COUNT, i64::from(fam.cut.next_part));
+        attrs::push(&mut a, attrs::PART_OBJECTS, i64::from(part.objects));
+        attrs::push(&mut a, attrs::PART_REQUESTS, i64::from(part.requests));
+        attrs::push(&mut a, attrs::PART_MAIN_TRACE, fam.trace_id.to_string());
+        attrs::push(
+            &mut a,
+            "kubetrail.window.start",
+            kubetrail_model::format_rfc3339(key.window_start),
+        );
+        attrs::push(&mut a, "kubetrail.family.root", key.root.to_string());
+        let mut links = Vec::with_capacity(3);
+        if let Some(o) = owner {
+            links.push(link(
+                slot_trace(key, o.slot),
+                o.span_id,
+                attrs::LINK_PART_OWNER,
+                Some(part.owner.to_string()),
+            ));
+        }
+        for (other, rule) in [
+            (part.prev, attrs::LINK_PART_PREVIOUS),
+            (part.next, attrs::LINK_PART_NEXT),
+        ] {
+            if let Some(j) = other {
+                links.push(link(
+                    slot_trace(key, j),
+                    stand_in_id(key, j),
+                    rule,
+                    Some(format!("part {j} of {}", fam.cut.next_part)),
+                ));
+            }
+        }
+        SpanRecord {
+            trace_id: slot_trace(key, k),
+            span_id: stand_in_id(key, k),
+            parent_span_id: None,
+            name: part.owner.group_resource(),
+            kind: SpanKind::Object,
+            start,
+            end,
+            service: self.config.object_service.clone(),
+            cluster: cluster.to_owned(),
+            attributes: a,
+            events: vec![],
+            links,
+            status: SpanStatus::Unset,
         }
     }
 
@@ -630,6 +925,74 @@ impl Aggregator {
             events: vec![],
             links: st.links.clone(),
             status: SpanStatus::Unset,
+        }
+    }
+}
+
+/// Links an object span keeps at most to the parts it owns (the rest are reached along the
+/// chain of parts, each linking to the next).
+const MAX_PART_LINKS: usize = 32;
+
+/// The trace of a slot of a family: its main trace (0) or part `slot`.
+fn slot_trace(key: &FamilyKey, slot: u32) -> TraceId {
+    ids::part_trace_id(&key.cluster, &key.root, key.window_start, slot)
+}
+
+/// The stand-in root span of part `slot`.
+fn stand_in_id(key: &FamilyKey, slot: u32) -> SpanId {
+    ids::part_root_span_id(&key.cluster, &key.root, key.window_start, slot)
+}
+
+fn link(
+    trace_id: TraceId,
+    span_id: SpanId,
+    rule: &'static str,
+    target: Option<String>,
+) -> SpanLinkRecord {
+    let mut attributes = vec![(AttrKey::Borrowed(attrs::LINK_RULE), AttrValue::from(rule))];
+    if let Some(t) = target {
+        attributes.push((AttrKey::Borrowed(attrs::LINK_TARGET), AttrValue::Str(t)));
+    }
+    SpanLinkRecord {
+        trace_id,
+        span_id,
+        attributes,
+    }
+}
+
+/// The parent of an object's span within its own trace, and a link to its owner's span when
+/// that is in another trace and the parent is not a stand-in for it.
+fn parent_of(fam: &Family, st: &ObjectState) -> (Option<SpanId>, Option<SpanLinkRecord>) {
+    let owner = st.parent.as_ref().and_then(|p| fam.objects.get(p));
+    match owner {
+        Some(p) if p.slot == st.slot => (Some(p.span_id), None),
+        None if st.slot == 0 => (None, None),
+        _ => {
+            // In a part: under the part's stand-in, which stands for the owner. (An object whose
+            // owner moved to another trace, after a recreation, hangs under the trace's root.)
+            let parent = if st.slot != 0 {
+                Some(stand_in_id(&fam.key, st.slot))
+            } else {
+                fam.objects
+                    .get(&fam.key.root)
+                    .map(|r| r.span_id)
+                    .filter(|s| *s != st.span_id)
+            };
+            let stands_for_owner = st.slot != 0
+                && fam
+                    .cut
+                    .parts
+                    .get(&st.slot)
+                    .is_some_and(|pt| Some(&pt.owner) == st.parent.as_ref());
+            let owner_link = owner.filter(|_| !stands_for_owner).map(|p| {
+                link(
+                    slot_trace(&fam.key, p.slot),
+                    p.span_id,
+                    attrs::LINK_OWNER,
+                    Some(p.object.to_string()),
+                )
+            });
+            (parent, owner_link)
         }
     }
 }

@@ -119,6 +119,12 @@ impl SpanSink for TreeSink {
 /// * Root-level lines show the date with the first time and end with the full trace id. A
 ///   span whose parent is not among the spans is shown at the root level of its trace, marked
 ///   `(orphan)` (`(cycle)` for spans whose parent chain loops).
+/// * **Parts**: a family too big for one trace is cut into part traces (see
+///   `kubetrail-aggregate`'s `parts`). A part's root span (attribute `kubetrail.part.stand_in`)
+///   links to its owner's span (link attribute `kubetrail.link.rule = part-owner`); when that
+///   span is among the spans, the part is shown under it, as
+///   `… (part 2 of 9: 250 objects, 1750 requests)  trace <part trace id>`, so the whole family
+///   reads as one tree.
 ///
 /// All times are UTC. Nothing else is assumed about attributes.
 pub fn render_tree(spans: &[SpanRecord], options: TreeOptions) -> String {
@@ -134,17 +140,67 @@ pub fn render_tree(spans: &[SpanRecord], options: TreeOptions) -> String {
             by_trace.entry(s.trace_id).or_default().push(s);
         }
     }
-    let mut traces: Vec<Trace<'_>> = by_trace
+    let traces: HashMap<TraceId, Trace<'_>> = by_trace
         .into_iter()
-        .map(|(id, spans)| Trace::new(id, spans))
+        .map(|(id, spans)| (id, Trace::new(id, spans)))
         .collect();
-    traces.sort_by_key(|t| (t.order_key(), t.id));
-
+    // Parts go under their owner's span, when it is there.
+    let mut grafts: HashMap<(TraceId, SpanId), Vec<&SpanRecord>> = HashMap::new();
+    let mut grafted: HashSet<(TraceId, SpanId)> = HashSet::new();
+    for t in traces.values() {
+        for (root, mark) in &t.roots {
+            if *mark != RootMark::Root {
+                continue;
+            }
+            let Some(owner) = part_owner(root) else {
+                continue;
+            };
+            if owner.0 != root.trace_id && latest.contains_key(&owner) {
+                grafts.entry(owner).or_default().push(root);
+                grafted.insert((root.trace_id, root.span_id));
+            }
+        }
+    }
+    let mut order: Vec<&Trace<'_>> = traces.values().collect();
+    order.sort_by_key(|t| (t.order_key(), t.id));
+    let forest = Forest {
+        traces: &traces,
+        grafts,
+    };
     let mut out = String::new();
-    for trace in &traces {
-        trace.render(&paint, &mut out);
+    let mut visited: HashSet<(TraceId, SpanId)> = HashSet::new();
+    for trace in &order {
+        for (root, mark) in &trace.roots {
+            if !grafted.contains(&(root.trace_id, root.span_id)) {
+                forest.render(root, *mark, &paint, &mut visited, &mut out);
+            }
+        }
+    }
+    // Parts whose owner was never reached (parts linking to each other in a loop): shown at
+    // the root level, so that nothing is silently left out.
+    for trace in &order {
+        for (root, mark) in &trace.roots {
+            if !visited.contains(&(root.trace_id, root.span_id)) {
+                forest.render(root, *mark, &paint, &mut visited, &mut out);
+            }
+        }
     }
     out
+}
+
+/// The owner span a part's root stands in for, from its `part-owner` link.
+fn part_owner(s: &SpanRecord) -> Option<(TraceId, SpanId)> {
+    if s.attr("kubetrail.part.stand_in") != Some(&AttrValue::Bool(true)) {
+        return None;
+    }
+    s.links
+        .iter()
+        .find(|l| {
+            l.attributes.iter().any(|(k, v)| {
+                k == "kubetrail.link.rule" && *v == AttrValue::Str("part-owner".into())
+            })
+        })
+        .map(|l| (l.trace_id, l.span_id))
 }
 
 /// Why a span is shown at the root level.
@@ -232,50 +288,76 @@ impl<'a> Trace<'a> {
             .or_else(|| self.roots.first())
             .map_or(UnixNanos::MAX, |(s, _)| s.start)
     }
+}
 
-    fn render(&self, paint: &Painter, out: &mut String) {
-        for (root, mark) in &self.roots {
-            span_line(root, Some((self.id, *mark)), paint, out);
-            // Depth-first, iteratively (deep chains must not overflow the stack). Each frame is
-            // a node's remaining items (reversed: the next one last) and the prefix of their lines.
-            let mut visited: HashSet<SpanId> = HashSet::new();
-            visited.insert(root.span_id);
-            let mut stack: Vec<(Vec<Item<'_>>, String)> = vec![(self.items(root), String::new())];
-            while let Some((items, prefix)) = stack.last_mut() {
-                let Some(item) = items.pop() else {
-                    stack.pop();
-                    continue;
-                };
-                let last = items.is_empty();
-                out.push_str(prefix);
-                out.push_str(&paint.dim(if last { "└─ " } else { "├─ " }));
-                match item {
-                    Item::Event(e) => event_line(e, paint, out),
-                    Item::Span(s) => {
-                        span_line(s, None, paint, out);
-                        let child_items = if visited.insert(s.span_id) {
-                            self.items(s)
-                        } else {
-                            Vec::new()
-                        };
-                        if !child_items.is_empty() {
-                            let child_prefix =
-                                format!("{prefix}{}", if last { "   " } else { "│  " });
-                            stack.push((child_items, child_prefix));
-                        }
+/// Every trace, and the parts shown under their owners' spans.
+struct Forest<'t, 'a> {
+    traces: &'t HashMap<TraceId, Trace<'a>>,
+    grafts: HashMap<(TraceId, SpanId), Vec<&'a SpanRecord>>,
+}
+
+impl<'a> Forest<'_, 'a> {
+    fn render(
+        &self,
+        root: &'a SpanRecord,
+        mark: RootMark,
+        paint: &Painter,
+        visited: &mut HashSet<(TraceId, SpanId)>,
+        out: &mut String,
+    ) {
+        if !visited.insert((root.trace_id, root.span_id)) {
+            return;
+        }
+        span_line(root, Some((root.trace_id, mark)), true, paint, out);
+        // Depth-first, iteratively (deep chains must not overflow the stack). Each frame is
+        // a node's remaining items (reversed: the next one last) and the prefix of their lines.
+        let mut stack: Vec<(Vec<Item<'_>>, String)> = vec![(self.items(root), String::new())];
+        while let Some((items, prefix)) = stack.last_mut() {
+            let Some(item) = items.pop() else {
+                stack.pop();
+                continue;
+            };
+            let last = items.is_empty();
+            out.push_str(prefix);
+            out.push_str(&paint.dim(if last { "└─ " } else { "├─ " }));
+            match item {
+                Item::Event(e) => event_line(e, paint, out),
+                Item::Span(s) => {
+                    // A part's root under its owner: its own trace id is worth showing.
+                    let part = (s.trace_id != root.trace_id && s.parent_span_id.is_none())
+                        .then_some((s.trace_id, RootMark::Root));
+                    span_line(s, part, false, paint, out);
+                    let child_items = if visited.insert((s.trace_id, s.span_id)) {
+                        self.items(s)
+                    } else {
+                        Vec::new()
+                    };
+                    if !child_items.is_empty() {
+                        let child_prefix = format!("{prefix}{}", if last { "   " } else { "│  " });
+                        stack.push((child_items, child_prefix));
                     }
                 }
             }
         }
     }
 
-    /// A span's events and child spans, in reverse time order (events first on ties), so that
-    /// `pop` yields them in time order.
+    /// A span's events, child spans and parts, in reverse time order (events first on ties),
+    /// so that `pop` yields them in time order.
     fn items(&self, span: &'a SpanRecord) -> Vec<Item<'a>> {
         let mut items: Vec<Item<'a>> = span.events.iter().map(Item::Event).collect();
+        if let Some(trace) = self.traces.get(&span.trace_id) {
+            items.extend(
+                trace
+                    .children
+                    .get(&span.span_id)
+                    .into_iter()
+                    .flatten()
+                    .map(|s| Item::Span(s)),
+            );
+        }
         items.extend(
-            self.children
-                .get(&span.span_id)
+            self.grafts
+                .get(&(span.trace_id, span.span_id))
                 .into_iter()
                 .flatten()
                 .map(|s| Item::Span(s)),
@@ -294,9 +376,16 @@ enum Item<'a> {
     Span(&'a SpanRecord),
 }
 
-/// One span's line; `root` is set for root-level lines (trace id and mark).
-fn span_line(s: &SpanRecord, root: Option<(TraceId, RootMark)>, paint: &Painter, out: &mut String) {
-    let start = if root.is_some() {
+/// One span's line; `root` is set for lines that show their trace id (root-level lines, and
+/// parts under their owner), `top` for root-level lines (which show the date).
+fn span_line(
+    s: &SpanRecord,
+    root: Option<(TraceId, RootMark)>,
+    top: bool,
+    paint: &Painter,
+    out: &mut String,
+) {
+    let start = if top {
         date_time(s.start)
     } else {
         time_of_day(s.start)
@@ -333,6 +422,23 @@ fn span_line(s: &SpanRecord, root: Option<(TraceId, RootMark)>, paint: &Painter,
     }
     if let SpanStatus::Error(message) = &s.status {
         let _ = write!(out, "  {}", paint.red(&format!("ERROR {message}")));
+    }
+    if s.attr("kubetrail.part.stand_in") == Some(&AttrValue::Bool(true)) {
+        let int = |k: &str| match s.attr(k) {
+            Some(AttrValue::Int(v)) => v.to_string(),
+            _ => "?".to_owned(),
+        };
+        let _ = write!(
+            out,
+            "  {}",
+            paint.yellow(&format!(
+                "(part {} of {}: {} objects, {} requests)",
+                int("kubetrail.part.index"),
+                int("kubetrail.part.count"),
+                int("kubetrail.part.objects"),
+                int("kubetrail.part.requests")
+            ))
+        );
     }
     if let Some((trace, mark)) = root {
         match mark {
@@ -666,6 +772,72 @@ jobs.batch/ci/build  [2024-05-01 10:01:00.000 → 10:01:02.000]  trace 020202020
             out
         };
         assert_eq!(stripped, plain);
+    }
+
+    #[test]
+    fn parts_are_shown_under_their_owner() {
+        // The main trace (0x4b): Deployment → ReplicaSet; part 1 (0x71): a stand-in for the
+        // ReplicaSet linking back to it, with a Pod and its request.
+        let mut spans = family()
+            .into_iter()
+            .filter(|s| s.span_id.0[0] <= 2)
+            .collect::<Vec<_>>();
+        let mut stand_in = object(
+            0x71,
+            0x30,
+            None,
+            "replicasets.apps/shop/web-7d4b9",
+            250,
+            900,
+        );
+        stand_in.attributes.extend([
+            ("kubetrail.part.stand_in".into(), AttrValue::Bool(true)),
+            ("kubetrail.part.index".into(), AttrValue::Int(1)),
+            ("kubetrail.part.count".into(), AttrValue::Int(3)),
+            ("kubetrail.part.objects".into(), AttrValue::Int(1)),
+            ("kubetrail.part.requests".into(), AttrValue::Int(1)),
+        ]);
+        stand_in.links.push(kubetrail_model::SpanLinkRecord {
+            trace_id: TraceId([0x4b; 16]),
+            span_id: SpanId([2; 8]),
+            attributes: vec![(
+                "kubetrail.link.rule".into(),
+                AttrValue::Str("part-owner".into()),
+            )],
+        });
+        spans.push(stand_in.clone());
+        spans.push(object(
+            0x71,
+            0x31,
+            Some(0x30),
+            "pods/shop/web-7d4b9-zz",
+            260,
+            900,
+        ));
+        spans.push(request(
+            0x71,
+            0x32,
+            0x31,
+            "kubelet",
+            "patch pods/status",
+            200,
+            (300, 1),
+        ));
+        let got = render_tree(&spans, TreeOptions::default());
+        let expected = "\
+deployments.apps/shop/web  [2024-05-01 10:00:00.000 → 10:03:12.345]  trace 4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b4b
+└─ replicasets.apps/shop/web-7d4b9  [10:00:00.200 → 10:03:12.345]
+   └─ replicasets.apps/shop/web-7d4b9  [10:00:00.250 → 10:00:00.900]  (part 1 of 3: 1 objects, 1 requests)  trace 71717171717171717171717171717171
+      └─ pods/shop/web-7d4b9-zz  [10:00:00.260 → 10:00:00.900]
+         └─ 10:00:00.300  +1ms  kubelet  patch pods/status  200
+";
+        assert_eq!(got, expected, "\n--- got ---\n{got}");
+        // Without the owner's trace, the part is shown on its own, marked.
+        let alone = render_tree(&spans[2..], TreeOptions::default());
+        assert!(
+            alone.starts_with("replicasets.apps/shop/web-7d4b9  [2024-05-01 10:00:00.250 → 10:00:00.900]  (part 1 of 3: 1 objects, 1 requests)  trace 7171"),
+            "{alone}"
+        );
     }
 
     #[test]

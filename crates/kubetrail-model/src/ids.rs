@@ -162,6 +162,43 @@ pub fn collection_item_span_id(cluster: &str, audit_id: &str, item: &ObjectRef) 
     span_id(&k.0)
 }
 
+/// The trace of part `part` (1, 2, …) of a family that outgrew its span budget in one window:
+/// (cluster, family root, window start, part). Part 0 is the family's main trace,
+/// [`trace_id`].
+pub fn part_trace_id(
+    cluster: &str,
+    root: &ObjectRef,
+    window_start: UnixNanos,
+    part: u32,
+) -> TraceId {
+    if part == 0 {
+        return trace_id(cluster, root, window_start);
+    }
+    let mut k = Key::new("kubetrail/part-trace/v1");
+    k.str(cluster)
+        .object(root)
+        .int(window_start)
+        .int(i64::from(part));
+    let v = xxh3_128(&k.0);
+    TraceId(if v == 0 { 1u128 } else { v }.to_be_bytes())
+}
+
+/// The root span of part `part` of a family: a stand-in for the owner whose objects or
+/// requests the part holds.
+pub fn part_root_span_id(
+    cluster: &str,
+    root: &ObjectRef,
+    window_start: UnixNanos,
+    part: u32,
+) -> SpanId {
+    let mut k = Key::new("kubetrail/part-root/v1");
+    k.str(cluster)
+        .object(root)
+        .int(window_start)
+        .int(i64::from(part));
+    span_id(&k.0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -198,6 +235,16 @@ mod tests {
         assert_ne!(object_span_id("c", &x, 0, 0), object_span_id("c", &y, 0, 0));
         assert_ne!(object_span_id("c", &x, 0, 0), object_span_id("c", &x, 0, 1));
         assert_eq!(request_span_id("c", "id"), request_span_id("c", "id"));
+        assert_eq!(part_trace_id("c", &obj("web"), 0, 0), a);
+        assert_ne!(part_trace_id("c", &obj("web"), 0, 1), a);
+        assert_ne!(
+            part_trace_id("c", &obj("web"), 0, 1),
+            part_trace_id("c", &obj("web"), 0, 2)
+        );
+        assert_ne!(
+            part_root_span_id("c", &obj("web"), 0, 1),
+            object_span_id("c", &obj("web"), 0, 1)
+        );
     }
 
     #[test]

@@ -84,6 +84,9 @@ pub struct PipelineArgs {
     /// How long a family stays quiet before its object spans are emitted (config: `aggregate.linger`).
     #[arg(long, env = "KUBETRAIL_LINGER", value_parser = humantime::parse_duration)]
     pub linger: Option<Duration>,
+    /// Spans per exported trace at most; a family that outgrows it is cut into linked part traces (config: `aggregate.max_trace_spans`, default 2000).
+    #[arg(long, env = "KUBETRAIL_MAX_TRACE_SPANS")]
+    pub max_trace_spans: Option<usize>,
     /// OTLP endpoint, e.g. http://jaeger:4317 for gRPC, http://jaeger:4318 for HTTP (config: `export.otlp.endpoint`).
     #[arg(long, env = "KUBETRAIL_OTLP_ENDPOINT")]
     pub otlp_endpoint: Option<String>,
@@ -202,8 +205,15 @@ pub struct UrlArgs {
     )]
     pub jaeger_url: String,
     /// A time in the window of interest (RFC 3339); default: now.
-    #[arg(long)]
+    #[arg(long, conflicts_with_all = ["since", "until"])]
     pub time: Option<String>,
+    /// List the object's trace in every window from this time on (RFC 3339), one line per
+    /// window: its history, which the spans also link window to window.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// With --since: up to this time (RFC 3339); default: now.
+    #[arg(long, requires = "since")]
+    pub until: Option<String>,
     /// Also print a Jaeger search URL that finds the object by tag in that window, whatever
     /// family it belongs to (the trace URL is the object's own trace when it is the top owner).
     #[arg(long)]

@@ -43,6 +43,16 @@ pub(crate) fn effective_config(args: &PipelineArgs) -> anyhow::Result<(Config, S
     if cfg.aggregate.window.is_zero() {
         anyhow::bail!("the window must be longer than zero");
     }
+    if let Some(n) = args.max_trace_spans {
+        cfg.aggregate.max_trace_spans = n;
+    }
+    if cfg.aggregate.max_trace_spans < kubetrail_aggregate::MIN_TRACE_SPANS {
+        anyhow::bail!(
+            "aggregate.max_trace_spans (--max-trace-spans) is {}: it must be at least {} (a part trace holds its stand-in and a few objects)",
+            cfg.aggregate.max_trace_spans,
+            kubetrail_aggregate::MIN_TRACE_SPANS
+        );
+    }
     let cluster = args
         .cluster
         .clone()
@@ -329,6 +339,12 @@ fn print_summary(command: &str, o: &ReadOutcome, r: &ExportReport, elapsed: Dura
         "  objects: {} spans in {} family segments ({} continued, {} recreated objects)",
         a.object_spans, a.families_emitted, a.continuations, a.recreations
     );
+    if a.parts > 0 {
+        eprintln!(
+            "  parts: {} traces cut off families above aggregate.max_trace_spans ({} stand-in spans, {} requests under stand-ins)",
+            a.parts, a.stand_in_spans, a.requests_under_stand_ins
+        );
+    }
     let per_sink: Vec<String> = r.per_sink.iter().map(|(k, v)| format!("{k} {v}")).collect();
     eprintln!(
         "  exported: {} spans in {} batches ({}), {} retries, {} dropped",

@@ -1,7 +1,7 @@
 //! `kubetrail timeline`: one object's family, from a dump, in the terminal — triage with no
 //! Jaeger at all.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
@@ -40,11 +40,22 @@ impl SpanSink for TimelineSink {
     }
 
     async fn finish(&mut self) -> Result<(), ExportError> {
+        // A family cut into parts (aggregate.max_trace_spans) is one family: each part's
+        // stand-in root names the family's main trace.
+        let main_of: HashMap<TraceId, TraceId> = self
+            .spans
+            .iter()
+            .filter_map(|s| {
+                let main = TraceId::from_hex(s.attr_str("kubetrail.part.main_trace")?)?;
+                Some((s.trace_id, main))
+            })
+            .collect();
+        let family = |t: TraceId| main_of.get(&t).copied().unwrap_or(t);
         let traces: BTreeSet<TraceId> = self
             .spans
             .iter()
             .filter(|s| self.matches(s))
-            .map(|s| s.trace_id)
+            .map(|s| family(s.trace_id))
             .collect();
         let in_range = |s: &SpanRecord| {
             s.kind == SpanKind::Object
@@ -54,7 +65,7 @@ impl SpanSink for TimelineSink {
         let selected: Vec<SpanRecord> = self
             .spans
             .iter()
-            .filter(|s| traces.contains(&s.trace_id) && in_range(s))
+            .filter(|s| traces.contains(&family(s.trace_id)) && in_range(s))
             .cloned()
             .collect();
         self.found
