@@ -13,6 +13,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod infer;
 mod rules;
 
 use std::num::NonZeroUsize;
@@ -86,6 +87,19 @@ pub struct Linker {
     by_uid: LruCache<String, Node>,
     /// The uid currently known for a name (the latest incarnation).
     by_ref: LruCache<ObjectRef, String>,
+    /// Every object known by name, with or without a uid (seen in the stream, or named by an
+    /// owner reference): the owners naming conventions may point at.
+    known: LruCache<ObjectRef, ()>,
+}
+
+/// An object's chain of owners, and whether any link of it was inferred from names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ancestry {
+    /// Owners, nearest first, ending at the family's root.
+    pub chain: Vec<ObjectRef>,
+    /// Some link was inferred from the controllers' naming conventions, not read from a body
+    /// (`kubetrail.link.inferred`).
+    pub inferred: bool,
 }
 
 impl Linker {
@@ -95,6 +109,7 @@ impl Linker {
         Linker {
             by_uid: LruCache::new(cap),
             by_ref: LruCache::new(cap),
+            known: LruCache::new(cap),
             config,
         }
     }
@@ -127,6 +142,9 @@ impl Linker {
         if object.uid.is_none() {
             object.uid = self.by_ref.get(object).cloned();
         }
+        if !object.name.is_empty() {
+            self.known.put(object.clone(), ());
+        }
         let Some(uid) = object.uid.clone() else {
             return;
         };
@@ -154,6 +172,9 @@ impl Linker {
                 .map(|o| ObjectRef::from_owner_ref(o, &object.namespace))
                 .filter(|o| o.uid.as_deref() != Some(uid.as_str()))
         });
+        if let Some(o) = &owner {
+            self.known.put(o.clone(), ());
+        }
         match self.by_uid.get_mut(&uid) {
             Some(node) => {
                 node.object = object.clone();
@@ -179,8 +200,32 @@ impl Linker {
     }
 
     /// The direct owner of an object, with its identity corrected from the owner's own
-    /// events when they were seen.
-    fn owner_of(&mut self, object: &ObjectRef) -> Option<ObjectRef> {
+    /// events when they were seen; the flag says it was inferred from names.
+    fn owner_of(&mut self, object: &ObjectRef) -> Option<(ObjectRef, bool)> {
+        match self.recorded_owner(object) {
+            Some(o) => Some((o, false)),
+            None => self.inferred_owner(object).map(|o| (o, true)),
+        }
+    }
+
+    /// The owner by naming convention, when an object of that name and kind is known.
+    fn inferred_owner(&mut self, object: &ObjectRef) -> Option<ObjectRef> {
+        for c in infer::candidates(object) {
+            if self.known.contains(&c) {
+                let uid = self.by_ref.peek(&c).cloned();
+                let known = uid.as_ref().and_then(|u| self.by_uid.peek(u));
+                return Some(
+                    known
+                        .map(|n| n.object.clone())
+                        .unwrap_or(ObjectRef { uid, ..c }),
+                );
+            }
+        }
+        None
+    }
+
+    /// The owner the graph learned from a body (or a parent rule).
+    fn recorded_owner(&mut self, object: &ObjectRef) -> Option<ObjectRef> {
         let uid = match &object.uid {
             Some(u) => u.clone(),
             None => self.by_ref.get(object)?.clone(),
@@ -234,19 +279,26 @@ impl Linker {
     /// Stops at `max_depth` and at the first object seen twice (a cycle, or an object that
     /// names itself as owner), so it always terminates.
     pub fn ancestors(&mut self, object: &ObjectRef) -> Vec<ObjectRef> {
-        let mut chain: Vec<ObjectRef> = Vec::new();
+        self.ancestry(object).chain
+    }
+
+    /// Like [`Linker::ancestors`], saying whether a link was inferred from the controllers'
+    /// naming conventions (only where no body or rule named an owner; see `infer`).
+    pub fn ancestry(&mut self, object: &ObjectRef) -> Ancestry {
+        let mut out = Ancestry::default();
         let mut current = object.clone();
-        while chain.len() < self.config.max_depth {
-            let Some(owner) = self.owner_of(&current) else {
+        while out.chain.len() < self.config.max_depth {
+            let Some((owner, inferred)) = self.owner_of(&current) else {
                 break;
             };
-            if owner == *object || chain.contains(&owner) {
+            if owner == *object || out.chain.contains(&owner) {
                 break;
             }
-            chain.push(owner.clone());
+            out.inferred |= inferred;
+            out.chain.push(owner.clone());
             current = owner;
         }
-        chain
+        out
     }
 }
 

@@ -79,8 +79,12 @@ pub struct PipelineStats {
     pub incomplete: u64,
     /// Requests with no usable timestamp (counted, not exported).
     pub untimed: u64,
-    /// Requests placed on the collection rather than one object (no name known).
+    /// Requests placed on the collection rather than one object (no name known: a
+    /// `generateName` create logged without its response body, or a list/collection request).
     pub on_collection: u64,
+    /// Requests whose owner chain has a link inferred from the controllers' naming
+    /// conventions (no body named the owner; `kubetrail.link.inferred`).
+    pub inferred_owners: u64,
     /// Items of `deletecollection` responses given a delete span of their own.
     pub collection_items: u64,
     /// Secret values replaced by a salted hash before processing.
@@ -454,7 +458,9 @@ impl Pipeline {
             }
             None => (Vec::new(), None),
         };
-        let mut ancestors = self.linker.ancestors(&object);
+        let ancestry = self.linker.ancestry(&object);
+        let inferred = ancestry.inferred;
+        let mut ancestors = ancestry.chain;
         for a in &mut ancestors {
             // A reference to this very cluster is the same object as one without a cluster.
             if a.cluster.as_deref() == Some(cluster) {
@@ -478,6 +484,13 @@ impl Pipeline {
             secondary: Vec::new(),
             collection_item: false,
         };
+        if inferred {
+            self.stats.inferred_owners += 1;
+            place.attributes.push((
+                kubetrail_model::AttrKey::Borrowed("kubetrail.link.inferred"),
+                kubetrail_model::AttrValue::Bool(true),
+            ));
+        }
         for (rule, target) in self.linker.secondary(&place.object) {
             let root = self
                 .linker

@@ -81,6 +81,62 @@ impl Auth {
     }
 }
 
+impl Auth {
+    /// Whether `token` is one of ours, compared in constant time against every token.
+    fn matches(&self, token: &[u8]) -> bool {
+        let mut ok = subtle::Choice::from(0);
+        for t in &self.tokens {
+            ok |= t.as_slice().ct_eq(token);
+        }
+        bool::from(ok)
+    }
+
+    /// Kinesis Data Firehose HTTP-endpoint deliveries: the access key configured on the
+    /// delivery stream arrives in `X-Amz-Firehose-Access-Key` (Firehose sends no bearer
+    /// token); it must be one of the tokens. A client certificate or bearer token also works.
+    pub(crate) fn check_firehose(
+        &self,
+        headers: &HeaderMap,
+        conn: Option<&ConnInfo>,
+    ) -> Result<(), Denied> {
+        match headers.get("x-amz-firehose-access-key") {
+            Some(key) if self.required() => {
+                if self.matches(key.as_bytes()) {
+                    Ok(())
+                } else {
+                    Err(Denied::Invalid)
+                }
+            }
+            _ => self.check(headers, conn),
+        }
+    }
+
+    /// Pub/Sub push subscriptions: a bearer token, or the token in the push endpoint's URL
+    /// (`?token=…`, the verification token Google documents for push endpoints).
+    pub(crate) fn check_query_token(
+        &self,
+        headers: &HeaderMap,
+        query: Option<&str>,
+        conn: Option<&ConnInfo>,
+    ) -> Result<(), Denied> {
+        let token = query.and_then(|q| {
+            q.split('&')
+                .find_map(|kv| kv.strip_prefix("token="))
+                .map(str::as_bytes)
+        });
+        match token {
+            Some(t) if self.required() && headers.get(AUTHORIZATION).is_none() => {
+                if self.matches(t) {
+                    Ok(())
+                } else {
+                    Err(Denied::Invalid)
+                }
+            }
+            _ => self.check(headers, conn),
+        }
+    }
+}
+
 /// The token of an `Authorization: Bearer <token>` value (scheme case-insensitive).
 fn bearer_token(value: &[u8]) -> Option<&[u8]> {
     let (scheme, rest) = value.split_at_checked(6)?;

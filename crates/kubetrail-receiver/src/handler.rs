@@ -16,6 +16,7 @@ use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use kubetrail_model::AuditEvent;
 use kubetrail_queue::{AuditBatch, AuditProducer, PublishError};
+use kubetrail_source::cloud::{CloudFormat, CloudItem, decode_cloud_document};
 use kubetrail_source::{ItemError, decode_event_list};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
@@ -84,6 +85,10 @@ pub(crate) fn router(state: Shared) -> Router {
     Router::new()
         .route("/audit", post(audit_default))
         .route("/audit/{cluster}", post(audit_cluster))
+        .route("/firehose", post(firehose_default))
+        .route("/firehose/{cluster}", post(firehose_cluster))
+        .route("/pubsub", post(pubsub_default))
+        .route("/pubsub/{cluster}", post(pubsub_cluster))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -242,10 +247,22 @@ fn not_ready(s: &AppState) -> Option<String> {
     s.readiness.check().err()
 }
 
+/// What a push endpoint receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// `POST /audit`: an `EventList` from kube-apiserver's webhook backend.
+    EventList,
+    /// `POST /firehose`: a Kinesis Data Firehose HTTP-endpoint delivery (EKS audit logs
+    /// through a CloudWatch Logs subscription filter, or audit JSON lines).
+    Firehose,
+    /// `POST /pubsub`: a Pub/Sub push message carrying a GKE Cloud Logging `LogEntry`.
+    PubSub,
+}
+
 /// `POST /audit`: a batch of the default cluster. See [`audit`].
 async fn audit_default(State(s): State<Shared>, req: Request) -> Response {
     let cluster = s.default_cluster.clone();
-    audit(s, cluster, req).await
+    audit(s, cluster, req, Format::EventList).await
 }
 
 /// `POST /audit/{cluster}`: a batch of the named cluster. See [`audit`].
@@ -254,7 +271,100 @@ async fn audit_cluster(
     Path(cluster): Path<String>,
     req: Request,
 ) -> Response {
-    audit(s, cluster, req).await
+    audit(s, cluster, req, Format::EventList).await
+}
+
+/// `POST /firehose`: a Firehose delivery for the default cluster. See [`firehose`].
+async fn firehose_default(State(s): State<Shared>, req: Request) -> Response {
+    let cluster = s.default_cluster.clone();
+    firehose(s, cluster, req).await
+}
+
+/// `POST /firehose/{cluster}`: a Firehose delivery for the named cluster.
+async fn firehose_cluster(
+    State(s): State<Shared>,
+    Path(cluster): Path<String>,
+    req: Request,
+) -> Response {
+    firehose(s, cluster, req).await
+}
+
+/// `POST /pubsub`: a Pub/Sub push message for the default cluster.
+async fn pubsub_default(State(s): State<Shared>, req: Request) -> Response {
+    let cluster = s.default_cluster.clone();
+    audit(s, cluster, req, Format::PubSub).await
+}
+
+/// `POST /pubsub/{cluster}`: a Pub/Sub push message for the named cluster.
+async fn pubsub_cluster(
+    State(s): State<Shared>,
+    Path(cluster): Path<String>,
+    req: Request,
+) -> Response {
+    audit(s, cluster, req, Format::PubSub).await
+}
+
+/// The answer body Firehose's HTTP endpoint delivery specification asks for: the request id
+/// echoed (from `X-Amz-Firehose-Request-Id`), a timestamp in milliseconds, and on failure an
+/// `errorMessage`. Firehose retries any non-200 answer, so a record that is not an audit event
+/// is counted and logged, and the delivery still answered 200, as for `POST /audit`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct FirehoseAnswer<'a> {
+    request_id: &'a str,
+    timestamp: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error_message: Option<&'a str>,
+}
+
+async fn firehose(s: Shared, cluster: String, req: Request) -> Response {
+    let request_id = req
+        .headers()
+        .get("x-amz-firehose-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let version = req.version();
+    let response = audit(s, cluster, req, Format::Firehose).await;
+    let status = response.status();
+    let error = if status.is_success() {
+        None
+    } else {
+        let bytes = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        #[derive(Deserialize)]
+        struct E {
+            error: String,
+        }
+        Some(
+            serde_json::from_slice::<E>(&bytes)
+                .map(|e| e.error)
+                .unwrap_or_else(|_| status.to_string()),
+        )
+    };
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0);
+    let mut answer = (
+        status,
+        Json(FirehoseAnswer {
+            request_id: &request_id,
+            timestamp,
+            error_message: error.as_deref(),
+        }),
+    )
+        .into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE && version <= Version::HTTP_11 {
+        answer
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+    }
+    answer
 }
 
 /// Accepts one `EventList` from the API server's webhook backend.
@@ -271,9 +381,9 @@ async fn audit_cluster(
 /// and size limit (413, also after decompression), decodes it (400 when not an `EventList`,
 /// 413 when it has too many items) and publishes within the publish timeout (503 +
 /// `Retry-After` on failure or timeout).
-async fn audit(s: Shared, cluster: String, req: Request) -> Response {
+async fn audit(s: Shared, cluster: String, req: Request, format: Format) -> Response {
     let (parts, body) = req.into_parts();
-    let rejection = match receive(&s, &cluster, &parts, body).await {
+    let rejection = match receive(&s, &cluster, &parts, body, format).await {
         Ok(answer) => return Json(&answer).into_response(),
         Err(r) => r,
     };
@@ -313,10 +423,11 @@ async fn receive(
     cluster: &str,
     parts: &Parts,
     body: Body,
+    format: Format,
 ) -> Result<AuditResponse, Rejection> {
     let started = Instant::now();
     let conn = parts.extensions.get::<ConnInfo>();
-    if let Err(early) = admit(s, cluster, parts, conn) {
+    if let Err(early) = admit(s, cluster, parts, conn, format) {
         let drained = drain(body, &parts.headers, started + DRAIN_TIMEOUT).await;
         return Err(early.close_unless(drained));
     }
@@ -333,7 +444,7 @@ async fn receive(
     let limit = s.max_body_bytes;
     let (events, errors) =
         if raw.len() > BLOCKING_THRESHOLD || (gzip && raw.len() > BLOCKING_GZIP_THRESHOLD) {
-            tokio::task::spawn_blocking(move || decode(&raw, gzip, limit))
+            tokio::task::spawn_blocking(move || decode(&raw, gzip, limit, format))
                 .await
                 .map_err(|e| {
                     Rejection::new(
@@ -342,7 +453,7 @@ async fn receive(
                     )
                 })??
         } else {
-            decode(&raw, gzip, limit)?
+            decode(&raw, gzip, limit, format)?
         };
 
     let items = events.len() + errors.len();
@@ -397,14 +508,33 @@ fn admit(
     cluster: &str,
     parts: &Parts,
     conn: Option<&ConnInfo>,
+    format: Format,
 ) -> Result<(), Rejection> {
-    match s.auth.check(&parts.headers, conn) {
+    let checked = match format {
+        Format::EventList => s.auth.check(&parts.headers, conn),
+        Format::Firehose => s.auth.check_firehose(&parts.headers, conn),
+        Format::PubSub => s
+            .auth
+            .check_query_token(&parts.headers, parts.uri.query(), conn),
+    };
+    match checked {
         Ok(()) => {}
         Err(Denied::Missing) => {
             let mut r = Rejection::new(
                 StatusCode::UNAUTHORIZED,
-                "authentication required: present a bearer token or a client certificate"
-                    .to_owned(),
+                match format {
+                    Format::EventList => {
+                        "authentication required: present a bearer token or a client certificate"
+                    }
+                    Format::Firehose => {
+                        "authentication required: set the delivery stream's access key \
+                         (X-Amz-Firehose-Access-Key) to a kubetrail token"
+                    }
+                    Format::PubSub => {
+                        "authentication required: add ?token=<token> to the push endpoint URL"
+                    }
+                }
+                .to_owned(),
             );
             r.www_authenticate = true;
             return Err(r);
@@ -412,7 +542,12 @@ fn admit(
         Err(Denied::Invalid) => {
             return Err(Rejection::new(
                 StatusCode::FORBIDDEN,
-                "the bearer token is not valid".to_owned(),
+                match format {
+                    Format::Firehose => "the Firehose access key is not valid",
+                    Format::PubSub => "the token is not valid",
+                    Format::EventList => "the bearer token is not valid",
+                }
+                .to_owned(),
             ));
         }
     }
@@ -512,6 +647,7 @@ fn decode(
     raw: &[u8],
     gzip: bool,
     limit: usize,
+    format: Format,
 ) -> Result<(Vec<AuditEvent>, Vec<ItemError>), Rejection> {
     let inflated;
     let json = if gzip {
@@ -520,7 +656,44 @@ fn decode(
     } else {
         raw
     };
-    decode_event_list(json).map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason))
+    let expected = match format {
+        Format::EventList => {
+            return decode_event_list(json)
+                .map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason));
+        }
+        Format::Firehose => CloudFormat::FirehoseDelivery,
+        Format::PubSub => CloudFormat::PubSubPush,
+    };
+    let doc = decode_cloud_document(json)
+        .filter(|d| d.format == expected)
+        .ok_or_else(|| {
+            Rejection::new(
+                StatusCode::BAD_REQUEST,
+                match format {
+                    Format::Firehose => {
+                        "not a Firehose HTTP endpoint delivery: expected {\"requestId\",\"timestamp\",\"records\":[{\"data\"}]}"
+                    }
+                    _ => "not a Pub/Sub push message: expected {\"message\":{\"data\"},\"subscription\"}",
+                }
+                .to_owned(),
+            )
+        })?;
+    let mut events = Vec::new();
+    let mut errors = Vec::new();
+    for (index, item) in doc.items.into_iter().enumerate() {
+        match item {
+            CloudItem::Event(e) => events.push(*e),
+            CloudItem::Bad(e) => errors.push(ItemError {
+                index,
+                reason: e.reason,
+            }),
+            CloudItem::Skipped(e) => {
+                tracing::debug!(index, reason = %e.reason, "skipped a record with no Kubernetes audit event");
+                metrics::counter!(crate::metrics::RECORDS_SKIPPED).increment(1);
+            }
+        }
+    }
+    Ok((events, errors))
 }
 
 fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, Rejection> {

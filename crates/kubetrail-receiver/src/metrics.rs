@@ -19,6 +19,10 @@ pub(crate) const EVENTS_REJECTED: &str = "kubetrail_events_rejected_total";
 /// Non-2xx answers to `POST /audit…`, by status `code`.
 pub(crate) const BATCHES_REJECTED: &str = "kubetrail_batches_rejected_total";
 
+/// Records of cloud push deliveries (Firehose, Pub/Sub) that carry no Kubernetes audit
+/// event (CloudWatch control messages, GKE cluster-operation entries): skipped, not errors.
+pub(crate) const RECORDS_SKIPPED: &str = "kubetrail_cloud_records_skipped_total";
+
 /// Latency buckets (seconds) of [`HTTP_DURATION`]: the p99 target is 50 ms.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,

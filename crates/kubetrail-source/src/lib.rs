@@ -8,7 +8,9 @@
 //! * `EventList` objects, one per line (a webhook capture) or pretty-printed over many lines;
 //! * a JSON array of events, or pretty-printed single events;
 //! * any of these gzip-compressed (detected from the magic bytes, not the file name);
-//! * `-` for standard input.
+//! * `-` for standard input;
+//! * the managed clouds' log envelopes (AKS diagnostic records, EKS CloudWatch/Firehose,
+//!   GKE Cloud Logging `LogEntry`s), recognised by [`cloud::decode_cloud_document`].
 //!
 //! A malformed line or list item is reported as a [`Malformed`] record with its line number
 //! and reason, and reading goes on: one bad line never costs the rest of the file.
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod cloud;
 mod decode;
 mod reader;
 

@@ -277,6 +277,10 @@ impl EventReader {
                     }
                     Ok(_) => {}
                 }
+                if let Some(doc) = crate::cloud::decode_cloud_document(text) {
+                    self.push_cloud(doc, line);
+                    return Ok(());
+                }
                 let items = if let Ok(list) = serde_json::from_slice::<RawList<'_>>(text) {
                     if list.kind.is_some_and(|k| k != "EventList") {
                         let m = self.malformed(
@@ -306,6 +310,20 @@ impl EventReader {
         Ok(())
     }
 
+    /// Queues the items of a cloud log document (see [`crate::cloud`]); a skipped record
+    /// (not a Kubernetes audit event) is reported like a malformed one, with its reason.
+    fn push_cloud(&mut self, doc: crate::cloud::CloudDocument, line: u64) {
+        for (i, item) in doc.items.into_iter().enumerate() {
+            let rec = match item {
+                crate::cloud::CloudItem::Event(e) => Ok(*e),
+                crate::cloud::CloudItem::Bad(e) | crate::cloud::CloudItem::Skipped(e) => {
+                    Err(self.malformed(line, Some(i), e.reason))
+                }
+            };
+            self.pending.push_back(rec);
+        }
+    }
+
     /// Fills `pending` with at least one record, or sets `done`.
     fn fill(&mut self) -> Result<(), SourceError> {
         while self.pending.is_empty() && !self.done {
@@ -317,6 +335,10 @@ impl EventReader {
                 continue;
             }
             let start = self.line;
+            if start == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
+                // A UTF-8 byte order mark (Azure blobs, Windows editors).
+                self.buf.drain(..3);
+            }
             let line = std::mem::take(&mut self.buf);
             match self.decode_document(&line, start) {
                 Ok(()) => self.buf = line,

@@ -29,7 +29,9 @@ fn every_sample_event_parses() {
     let mut normalised = 0;
     let mut raw = 0;
     for f in &files {
-        let is_raw = f.components().any(|c| c.as_os_str() == "raw");
+        let is_raw = f.components().any(|c| {
+            c.as_os_str() == "raw" || c.as_os_str() == "otel-collector-contrib-cloud-exports"
+        });
         for rec in EventReader::open(f.to_str().unwrap()).unwrap() {
             match rec.unwrap() {
                 Ok(_) => {

@@ -325,12 +325,13 @@ fn print_summary(command: &str, o: &ReadOutcome, r: &ExportReport, elapsed: Dura
         }
     );
     eprintln!(
-        "  requests: {} spans ({} earlier stages merged, {} repeats dropped, {} without a final stage, {} on collections, {} without timestamps, {} Kubernetes Events placed on their objects, {} not placeable)",
+        "  requests: {} spans ({} earlier stages merged, {} repeats dropped, {} without a final stage, {} on collections, {} with owners inferred from names, {} without timestamps, {} Kubernetes Events placed on their objects, {} not placeable)",
         a.request_spans,
         s.stages_merged,
         s.duplicates,
         s.incomplete,
         s.on_collection,
+        s.inferred_owners,
         s.untimed,
         s.kube_events,
         s.kube_events_unplaced

@@ -3,6 +3,7 @@
 //! webhook backend.
 
 mod auth;
+mod cloud;
 mod common;
 mod ingest;
 mod lifecycle;
