@@ -19,6 +19,15 @@ pub(crate) const EVENTS_REJECTED: &str = "kubetrail_events_rejected_total";
 /// Non-2xx answers to `POST /audit…`, by status `code`.
 pub(crate) const BATCHES_REJECTED: &str = "kubetrail_batches_rejected_total";
 
+/// Connections open now (gauge).
+pub(crate) const CONNECTIONS_OPEN: &str = "kubetrail_connections_open";
+/// Connections closed at once because `max_connections` were open.
+pub(crate) const CONNECTIONS_REFUSED: &str = "kubetrail_connections_refused_total";
+/// Request-body bytes held now over all requests (gauge), bounded by `max_inflight_bytes`.
+pub(crate) const INFLIGHT_BYTES: &str = "kubetrail_inflight_body_bytes";
+/// `POST /audit` requests being received or processed now (gauge).
+pub(crate) const INFLIGHT_REQUESTS: &str = "kubetrail_inflight_requests";
+
 /// Latency buckets (seconds) of [`HTTP_DURATION`]: the p99 target is 50 ms.
 const DURATION_BUCKETS: &[f64] = &[
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
@@ -76,7 +85,21 @@ fn describe() {
     describe_counter!(
         EVENTS_REJECTED,
         "Audit events not accepted, by cluster and reason (malformed_item, queue_full, \
-         unavailable, too_large, closed, publish_timeout, too_many_items)."
+         unavailable, too_large, closed, publish_timeout, too_many_items, inflight_bytes)."
+    );
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once because server.max_connections were open."
+    );
+    metrics::describe_gauge!(
+        INFLIGHT_BYTES,
+        Unit::Bytes,
+        "Request-body bytes held now over all requests (bounded by server.max_inflight_bytes)."
+    );
+    metrics::describe_gauge!(
+        INFLIGHT_REQUESTS,
+        "POST /audit requests being received or processed now."
     );
     describe_counter!(
         BATCHES_REJECTED,

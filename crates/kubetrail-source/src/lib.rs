@@ -17,9 +17,12 @@
 #![warn(missing_docs)]
 
 mod decode;
+mod framing;
 mod reader;
 
 pub use decode::{ItemError, decode_event_list};
-pub use reader::{EventReader, Malformed, OpenedInput, SourceError, open_input};
+pub use reader::{
+    DEFAULT_MAX_RECORD_BYTES, EventReader, Malformed, OpenedInput, SourceError, open_input,
+};
 
 pub use kubetrail_model::AuditEvent;

@@ -7,3 +7,4 @@ mod common;
 mod ingest;
 mod lifecycle;
 mod limits;
+mod pressure;
