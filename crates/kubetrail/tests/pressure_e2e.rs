@@ -134,7 +134,8 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
     let accepted = http
         .post(format!("http://{addr}/audit"))
         .bearer_auth(TOKEN)
-        .json(&batch)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&batch).unwrap())
         .send()
         .await
         .unwrap();
