@@ -340,7 +340,9 @@ mod tests {
     #[test]
     fn invalid_utf8_and_broken_json_cost_only_their_item() {
         let mut body = format!(r#"{{"kind":"EventList","items":[{GOOD},"#).into_bytes();
-        body.extend_from_slice(br#"{"level":"Metadata","auditID":"b","stage":"ResponseComplete","requestURI":"/x","verb":"get","user":{"username":"\xff\xfe"}},"#);
+        body.extend_from_slice(br#"{"level":"Metadata","auditID":"b","stage":"ResponseComplete","requestURI":"/x","verb":"get","user":{"username":""#);
+        body.extend_from_slice(b"\xff\xfe");
+        body.extend_from_slice(br#""}},"#);
         body.extend_from_slice(br#"{"level": tru},"#);
         body.extend_from_slice(format!("{GOOD}]}}").as_bytes());
         let (events, errors) = decode_event_list(&body).unwrap();

@@ -281,3 +281,52 @@ async fn the_inflight_budget_refuses_with_503_and_is_given_back() {
     assert_eq!(started.recv().await, Some(3));
     server.stop().await;
 }
+
+/// One item with raw invalid UTF-8 among valid ones: the batch is accepted for the valid
+/// items and that item alone is rejected (a 400 would make the API server drop them all).
+#[tokio::test]
+async fn invalid_utf8_in_one_item_rejects_only_that_item() {
+    let mut h = Harness::start(config()).await;
+    let items = events(3);
+    let mut body =
+        b"{\"kind\":\"EventList\",\"apiVersion\":\"audit.k8s.io/v1\",\"items\":[".to_vec();
+    body.extend_from_slice(&serde_json::to_vec(&items[0]).unwrap());
+    body.push(b',');
+    let bad = serde_json::to_vec(&items[1]).unwrap();
+    let text = String::from_utf8(bad)
+        .unwrap()
+        .replace("node-1", "node-\u{1}");
+    // A raw 0xff byte in place of the (escaped) control character.
+    body.extend_from_slice(
+        &text
+            .replace("\\u0001", "\u{1}")
+            .into_bytes()
+            .iter()
+            .map(|&b| if b == 1 { 0xff } else { b })
+            .collect::<Vec<u8>>(),
+    );
+    body.push(b',');
+    body.extend_from_slice(&serde_json::to_vec(&items[2]).unwrap());
+    body.extend_from_slice(b"]}");
+    assert!(std::str::from_utf8(&body).is_err());
+    let resp = ApiServerClient::new(&h.url("/audit"))
+        .post_raw("", body, &[])
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let answer = resp.json().unwrap();
+    assert_eq!(answer["accepted"], 2);
+    assert_eq!(answer["rejected"][0]["index"], 1);
+    assert!(
+        answer["rejected"][0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8")
+    );
+    let batch = h.next_batch().await;
+    assert_eq!(
+        audit_ids(&[batch]),
+        vec![item_ids(&items)[0].clone(), item_ids(&items)[2].clone()]
+    );
+    h.server.stop().await;
+}
