@@ -31,6 +31,16 @@ fn tls_config(pki: &Pki) -> ReceiverConfig {
     }
 }
 
+/// (what, client, path suffix, body, headers, expected status).
+type Case<'a> = (
+    &'a str,
+    &'a ApiServerClient,
+    &'a str,
+    Vec<u8>,
+    Vec<(&'a str, &'a str)>,
+    u16,
+);
+
 fn h2_client(url: &str, pki: &Pki) -> ApiServerClient {
     ApiServerClient::new(url)
         .with_tls(pki.ca_pem.as_bytes(), None)
@@ -50,14 +60,7 @@ async fn every_documented_status_reaches_an_http2_client() {
     assert_eq!((ok.status, ok.version.as_str()), (200, "HTTP/2.0"));
     assert_eq!(h.next_batch().await.events.len(), 2);
 
-    let cases: Vec<(
-        &str,
-        &ApiServerClient,
-        &str,
-        Vec<u8>,
-        Vec<(&str, &str)>,
-        u16,
-    )> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "no credentials",
             &anonymous,
