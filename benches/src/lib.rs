@@ -48,6 +48,23 @@ pub fn event_list_bodies(input: &[u8], per_body: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The first `events` events of a generated dump as one pretty-printed `EventList` (what
+/// `kubectl get --raw`, `jq .` or a saved webhook body look like): many lines per event.
+pub fn pretty_event_list(input: &[u8], events: usize) -> Vec<u8> {
+    let items: Vec<serde_json::Value> = std::str::from_utf8(input)
+        .unwrap_or("")
+        .lines()
+        .take(events)
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let list = serde_json::json!({
+        "kind": "EventList",
+        "apiVersion": "audit.k8s.io/v1",
+        "items": items,
+    });
+    serde_json::to_vec_pretty(&list).unwrap_or_default()
+}
+
 /// The baseline: a bare `serde_json` parse of every line into a `Value`.
 pub fn bare_parse(input: &[u8]) -> usize {
     let mut n = 0;

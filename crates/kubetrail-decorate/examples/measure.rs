@@ -137,6 +137,7 @@ fn main() {
     let cfg = kubetrail_decorate::RedactConfig {
         paths: vec!["spec.template.spec.containers[*].env[*].value".into()],
         resources: vec![],
+        ..Default::default()
     };
     let salt = kubetrail_decorate::Salt::random();
     let mut fastest = f64::MAX;

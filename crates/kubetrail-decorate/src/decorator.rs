@@ -3,14 +3,13 @@
 use std::sync::{Arc, LazyLock};
 
 use kubetrail_model::{AuditEvent, ObjectRef, Stage};
-use moka::policy::EvictionPolicy;
-use moka::sync::Cache;
 use serde_json::Value;
 use serde_json::value::RawValue;
 
 use crate::diff::{Ignore, compact_prefix, diff_stripped, strip_bulk, truncate};
 use crate::redact::Rules;
-use crate::{DecorateConfig, Decoration, Salt};
+use crate::states::ByteLru;
+use crate::{DecorateConfig, Decoration, Redaction, Salt};
 
 /// Kinds of bodies that are not the object a request was about (`Table` and
 /// `PartialObjectMetadata` are what `kubectl get` and metadata-only clients ask for).
@@ -25,10 +24,10 @@ const NOT_THE_OBJECT: &[&str] = &[
     "PartialObjectMetadata",
 ];
 
-/// Bytes an entry costs besides its key and JSON (the entry, its Arc, moka's bookkeeping).
+/// Bytes an entry costs besides its key and JSON (the entry, its Arc, the LRU's links).
 const ENTRY_OVERHEAD: usize = 96;
 
-/// The salt of [`Decorator::redact`]: one per process.
+/// The salt of [`Decorator::redact`] when none is configured: one per process.
 static PROCESS_SALT: LazyLock<Salt> = LazyLock::new(Salt::random);
 
 /// A remembered object state.
@@ -48,8 +47,10 @@ pub struct Decorator {
     config: DecorateConfig,
     ignore: Ignore,
     redact: Rules,
+    /// The markers' salt: from `redact.salt`, else the process's random one.
+    salt: Salt,
     /// Last seen states by (cluster, object identity); `None` when nothing needs them.
-    states: Option<Cache<String, Arc<Stored>>>,
+    states: Option<ByteLru<Stored>>,
 }
 
 impl std::fmt::Debug for Decorator {
@@ -71,24 +72,22 @@ impl Decorator {
     pub fn new(config: DecorateConfig) -> Self {
         let wants_states =
             (config.diff.enabled || config.snapshot.on_delete) && config.diff.cache_bytes > 0;
+        // Evictions follow the order of the calls only (never time): the same input gives
+        // the same diffs whatever the speed.
+        let capacity = usize::try_from(config.diff.cache_bytes).unwrap_or(usize::MAX);
         let states = wants_states.then(|| {
-            Cache::builder()
-                .max_capacity(config.diff.cache_bytes)
-                .weigher(|k: &String, v: &Arc<Stored>| {
-                    let bytes = k.len()
-                        + v.json.len()
-                        + v.uid.as_deref().map_or(0, str::len)
-                        + ENTRY_OVERHEAD;
-                    u32::try_from(bytes).unwrap_or(u32::MAX)
-                })
-                // Plain LRU (not TinyLFU admission): the same events in the same order are
-                // remembered and forgotten the same way.
-                .eviction_policy(EvictionPolicy::lru())
-                .build()
+            ByteLru::new(capacity, |k: &str, v: &Stored| {
+                k.len() + v.json.len() + v.uid.as_deref().map_or(0, str::len) + ENTRY_OVERHEAD
+            })
         });
         Decorator {
             ignore: Ignore::compile(&config.diff),
             redact: Rules::compile(&config.redact),
+            salt: config
+                .redact
+                .salt
+                .as_ref()
+                .map_or_else(|| PROCESS_SALT.clone(), Salt::from_secret),
             config,
             states,
         }
@@ -97,7 +96,14 @@ impl Decorator {
     /// [`redact_event`](crate::redact_event) with this decorator's `redact` settings
     /// (compiled once) and a salt shared by the whole process.
     pub fn redact(&self, event: &mut AuditEvent) -> usize {
-        self.redact.redact_event(event, &PROCESS_SALT)
+        let r = self.redact_report(event);
+        r.values + r.whole_bodies
+    }
+
+    /// [`redact`](Self::redact), telling values replaced from whole bodies replaced (fail
+    /// closed: bodies that had to be redacted but could not be parsed).
+    pub fn redact_report(&self, event: &mut AuditEvent) -> Redaction {
+        self.redact.redact_event(event, &self.salt)
     }
 
     /// Decorates one completed request about `object` in `cluster`. The event's bodies must
@@ -268,13 +274,7 @@ impl Decorator {
 
     /// Bytes and entries held in the state cache (for metrics).
     pub fn cache_size(&self) -> (u64, u64) {
-        match &self.states {
-            Some(c) => {
-                c.run_pending_tasks();
-                (c.weighted_size(), c.entry_count())
-            }
-            None => (0, 0),
-        }
+        self.states.as_ref().map_or((0, 0), ByteLru::size)
     }
 
     /// The body, parsed, when it is the object itself (not a Status, DeleteOptions, …, and
@@ -332,20 +332,17 @@ impl Decorator {
         if let Some(c) = &self.states {
             c.insert(
                 k,
-                Arc::new(Stored {
+                Stored {
                     uid,
                     json: json.into_boxed_str(),
-                }),
+                },
             );
-            // Evict now rather than on moka's timer: memory stays within the bound and the
-            // same input forgets the same states.
-            c.run_pending_tasks();
         }
     }
 
     fn forget(&self, k: &str) {
         if let Some(c) = &self.states {
-            c.invalidate(k);
+            c.remove(k);
         }
     }
 

@@ -88,12 +88,13 @@ mod decorator;
 mod diff;
 mod path;
 mod redact;
+mod states;
 
 use serde::Deserialize;
 
 pub use decorator::Decorator;
 pub use diff::{NOISE_PATHS, diff};
-pub use redact::Salt;
+pub use redact::{Redaction, Salt, SaltSecret, UNREDACTABLE_BODY};
 
 /// Settings of the decorate stage, as found under `decorate:` in the config file.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
@@ -121,6 +122,9 @@ impl DecorateConfig {
                     return Err(format!("{what}: {p:?}: {problem}"));
                 }
             }
+        }
+        if let Some(problem) = self.redact.salt.as_ref().and_then(SaltSecret::problem) {
+            return Err(format!("redact.salt: {problem}"));
         }
         for r in &self.redact.resources {
             if r.is_empty() || r.contains('/') {
@@ -201,6 +205,14 @@ pub struct RedactConfig {
     /// `sealedsecrets.bitnami.com`), whose `data`, `stringData` and `binaryData` are redacted
     /// like a Secret's.
     pub resources: Vec<String>,
+    /// The secret text markers are salted with. Unset, each process draws a random salt,
+    /// and two processes give one value different markers; set it (the same in every
+    /// `receive` and `consume` process of a deployment) for markers that agree. The binary
+    /// also reads it from `KUBETRAIL_REDACT_SALT` or from [`salt_file`](Self::salt_file).
+    pub salt: Option<SaltSecret>,
+    /// A file holding the salt text (a mounted Kubernetes Secret); read by the binary at
+    /// start-up into [`salt`](Self::salt).
+    pub salt_file: Option<std::path::PathBuf>,
 }
 
 /// Replaces secret values in the event's bodies in place and returns how many values were
@@ -218,11 +230,25 @@ pub struct RedactConfig {
 /// diff still shows whether a value changed. Redacting an already redacted event changes
 /// nothing. Other bodies are left byte for byte as they were; a redacted body is re-serialized
 /// (compact, keys sorted).
+///
+/// Fails closed: a body that has to be looked into but does not parse (nesting deeper than
+/// the JSON parser's limit of 128, say) is replaced whole by [`UNREDACTABLE_BODY`]; such a
+/// body counts as one. [`redact_event_report`] tells the two apart.
 pub fn redact_event(
     event: &mut kubetrail_model::AuditEvent,
     config: &RedactConfig,
     salt: &Salt,
 ) -> usize {
+    let r = redact_event_report(event, config, salt);
+    r.values + r.whole_bodies
+}
+
+/// [`redact_event`], telling values replaced from whole bodies replaced.
+pub fn redact_event_report(
+    event: &mut kubetrail_model::AuditEvent,
+    config: &RedactConfig,
+    salt: &Salt,
+) -> Redaction {
     redact::Rules::compile(config).redact_event(event, salt)
 }
 

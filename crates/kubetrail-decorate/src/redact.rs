@@ -31,6 +31,65 @@ impl Salt {
     pub fn fixed(bytes: [u8; 16]) -> Salt {
         Salt(bytes)
     }
+
+    /// A salt derived from a configured secret text (`decorate.redact.salt`,
+    /// `KUBETRAIL_REDACT_SALT`, or the content of `decorate.redact.salt_file`): every process
+    /// given the same text produces the same markers, so two `receive` replicas and the
+    /// `consume` processes behind them agree.
+    pub fn from_secret(secret: &SaltSecret) -> Salt {
+        let mut h = Sha256::new();
+        h.update(b"kubetrail redaction salt v1\0");
+        h.update(secret.0.as_bytes());
+        let digest = h.finalize();
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&digest[..16]);
+        Salt(bytes)
+    }
+}
+
+/// A configured salt text. Its `Debug` output does not show it.
+#[derive(Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(transparent)]
+pub struct SaltSecret(String);
+
+impl SaltSecret {
+    /// Shortest accepted salt text: a short salt can be guessed, and with it every value.
+    pub const MIN_LEN: usize = 16;
+
+    /// Wraps a salt text (surrounding whitespace, such as a file's final newline, removed).
+    pub fn new(text: &str) -> SaltSecret {
+        SaltSecret(text.trim().to_owned())
+    }
+
+    /// Why the text cannot be used, if it cannot.
+    pub fn problem(&self) -> Option<String> {
+        (self.0.trim().len() < Self::MIN_LEN).then(|| {
+            format!(
+                "the redaction salt must be at least {} characters (it has {})",
+                Self::MIN_LEN,
+                self.0.trim().len()
+            )
+        })
+    }
+}
+
+impl fmt::Debug for SaltSecret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SaltSecret(..)")
+    }
+}
+
+/// What replaces a whole body that has to be redacted but cannot be (it does not parse, e.g.
+/// nested deeper than the JSON parser's limit): nothing of it is kept.
+pub const UNREDACTABLE_BODY: &str = "<redacted: body could not be parsed for redaction>";
+
+/// What one redaction pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Redaction {
+    /// Values replaced by markers.
+    pub values: usize,
+    /// Whole bodies replaced by [`UNREDACTABLE_BODY`] (fail closed).
+    pub whole_bodies: usize,
 }
 
 impl fmt::Debug for Salt {
@@ -45,12 +104,13 @@ const MARKER_LEN: usize = MARKER_PREFIX.len() + 8 + 1;
 /// Whether a value is already a redaction marker (redacting twice keeps the first marker).
 fn is_marker(v: &Value) -> bool {
     v.as_str().is_some_and(|s| {
-        s.len() == MARKER_LEN
-            && s.starts_with(MARKER_PREFIX)
-            && s.ends_with('>')
-            && s[MARKER_PREFIX.len()..MARKER_LEN - 1]
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit())
+        s == UNREDACTABLE_BODY
+            || s.len() == MARKER_LEN
+                && s.starts_with(MARKER_PREFIX)
+                && s.ends_with('>')
+                && s[MARKER_PREFIX.len()..MARKER_LEN - 1]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit())
     })
 }
 
@@ -145,7 +205,10 @@ impl Rules {
         }
     }
 
-    pub(crate) fn redact_event(&self, event: &mut AuditEvent, salt: &Salt) -> usize {
+    /// Redacts both bodies of `event`. Fails closed: a body that has to be looked into (a
+    /// secret resource's, one that mentions a Secret, one a token or configured path may be
+    /// in) but does not parse is replaced whole by [`UNREDACTABLE_BODY`].
+    pub(crate) fn redact_event(&self, event: &mut AuditEvent, salt: &Salt) -> Redaction {
         let (group, resource, sub) = event.object_ref.as_ref().map_or(("", "", None), |r| {
             (
                 r.api_group.as_deref().unwrap_or(""),
@@ -166,6 +229,7 @@ impl Rules {
             _ => &[],
         };
         let mut r = Redactor::new(salt);
+        let mut whole_bodies = 0;
         for body in [&mut event.request_object, &mut event.response_object] {
             let Some(raw) = body.as_ref() else {
                 continue;
@@ -182,6 +246,8 @@ impl Rules {
                 continue;
             }
             let Ok(mut v) = serde_json::from_str::<Value>(raw.get()) else {
+                *body = Some(unredactable_body());
+                whole_bodies += 1;
                 continue;
             };
             let before = r.count;
@@ -189,10 +255,15 @@ impl Rules {
             if r.count > before {
                 // Re-serializing a Value cannot fail; were it to, dropping the body is the safe
                 // way out.
-                *body = serde_json::value::to_raw_value(&v).ok();
+                *body = Some(
+                    serde_json::value::to_raw_value(&v).unwrap_or_else(|_| unredactable_body()),
+                );
             }
         }
-        r.count
+        Redaction {
+            values: r.count,
+            whole_bodies,
+        }
     }
 
     fn redact_body(&self, v: &mut Value, secretish: bool, tokens: &[Pattern], r: &mut Redactor) {
@@ -246,9 +317,9 @@ impl Rules {
                     }
                 }
             }
-            // A patch body that is not JSON (a string): for a secret, it can only be hidden
-            // whole.
-            Value::String(_) if secretish => r.redact(v),
+            // A patch body that is not JSON (a string), or any other shape: for a secret, it
+            // can only be hidden whole.
+            _ if secretish => r.redact(v),
             _ => {}
         }
     }
@@ -298,6 +369,12 @@ impl Rules {
             }
         }
     }
+}
+
+fn unredactable_body() -> Box<serde_json::value::RawValue> {
+    // A JSON string literal of fixed ASCII text without quotes or backslashes.
+    serde_json::value::RawValue::from_string(format!("\"{UNREDACTABLE_BODY}\""))
+        .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
 }
 
 /// Whether an array body is a JSON patch (RFC 6902): objects with string `op` and `path`.

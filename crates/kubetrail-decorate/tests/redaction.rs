@@ -122,6 +122,7 @@ fn configured_paths_in_objects_and_json_patches() {
             "metadata.annotations.example.com/token".into(),
         ],
         resources: vec![],
+        ..RedactConfig::default()
     };
     let containers = json!([{"name":"web","image":"nginx:1.25",
         "env":[{"name":"DB_PASSWORD","value":PLANTED},{"name":"MODE","value":PLANTED}]}]);
@@ -194,6 +195,7 @@ fn secret_lists_and_configured_resources() {
     let cfg = RedactConfig {
         paths: vec![],
         resources: vec!["configmaps".into()],
+        ..RedactConfig::default()
     };
     for e in &mut events {
         assert!(serde_json::to_string(e).unwrap().contains("MY-KEY"));

@@ -129,8 +129,11 @@ fn convert_link(l: &SpanLinkRecord) -> Link {
 }
 
 /// OTLP timestamps are unsigned; a (nonsensical) pre-1970 time becomes 0.
+/// OTLP time: nanoseconds since the epoch, where 0 means "unset" (Jaeger shows no time).
+/// The epoch itself and earlier times (1970-01-01T00:00:00Z, clamped pre-1970 input) are
+/// sent as 1 ns, so a span always has a start.
 fn nanos(t: UnixNanos) -> u64 {
-    u64::try_from(t).unwrap_or(0)
+    u64::try_from(t).unwrap_or(0).max(1)
 }
 
 fn attributes<K: AsRef<str>>(attrs: &[(K, AttrValue)]) -> Vec<KeyValue> {
@@ -168,6 +171,19 @@ fn any_value(v: &AttrValue) -> AnyValue {
 
 #[cfg(test)]
 pub(crate) mod tests {
+
+    #[test]
+    fn epoch_and_earlier_times_are_never_sent_as_unset() {
+        assert_eq!(nanos(0), 1);
+        assert_eq!(nanos(-5), 1);
+        assert_eq!(nanos(UnixNanos::MIN), 1);
+        assert_eq!(nanos(7), 7);
+        assert_eq!(
+            nanos(UnixNanos::MAX),
+            u64::try_from(UnixNanos::MAX).unwrap()
+        );
+    }
+
     use kubetrail_model::ids::{SpanId, TraceId};
 
     use super::*;

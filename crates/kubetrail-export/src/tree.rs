@@ -396,7 +396,7 @@ fn span_line(
             let _ = write!(
                 out,
                 "{}  {}",
-                paint.bold(label),
+                paint.bold(&clean(label)),
                 paint.dim(&format!("[{start} → {}]", time_of_day(s.end)))
             );
         }
@@ -406,22 +406,26 @@ fn span_line(
                 "{}  {}  {}  {}",
                 paint.dim(&start),
                 paint.dim(&format!("+{}", duration(s.end.saturating_sub(s.start)))),
-                paint.cyan(&s.service),
-                s.name
+                paint.cyan(&clean(&s.service)),
+                clean(&s.name)
             );
             match s.attr("http.response.status_code") {
                 Some(AttrValue::Int(code)) => {
                     let _ = write!(out, "  {}", paint.status(*code, &code.to_string()));
                 }
                 Some(AttrValue::Str(code)) => {
-                    let _ = write!(out, "  {}", paint.status(code.parse().unwrap_or(0), code));
+                    let _ = write!(
+                        out,
+                        "  {}",
+                        paint.status(code.parse().unwrap_or(0), &clean(code))
+                    );
                 }
                 _ => {}
             }
         }
     }
     if let SpanStatus::Error(message) = &s.status {
-        let _ = write!(out, "  {}", paint.red(&format!("ERROR {message}")));
+        let _ = write!(out, "  {}", paint.red(&format!("ERROR {}", clean(message))));
     }
     if s.attr("kubetrail.part.stand_in") == Some(&AttrValue::Bool(true)) {
         let int = |k: &str| match s.attr(k) {
@@ -456,24 +460,55 @@ fn span_line(
 }
 
 fn event_line(e: &SpanEventRecord, paint: &Painter, out: &mut String) {
-    let _ = write!(out, "{}  • {}", paint.dim(&time_of_day(e.time)), e.name);
+    let _ = write!(
+        out,
+        "{}  • {}",
+        paint.dim(&time_of_day(e.time)),
+        clean(&e.name)
+    );
     for (k, v) in &e.attributes {
-        let _ = write!(out, "  {}={}", paint.dim(k), value(v));
+        let _ = write!(out, "  {}={}", paint.dim(&clean(k)), value(v));
     }
     out.push('\n');
+}
+
+/// Whether a character must not reach a terminal raw: C0/C1 controls (newlines, `ESC`
+/// sequences that recolour or rewrite the screen) and the Unicode bidirectional overrides
+/// and isolates (text that displays in another order than it reads).
+fn is_unsafe_for_terminal(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+/// Text from the input (object names, user agents, messages, values) made safe to print:
+/// unsafe characters become their Rust escape (`\n`, `\u{1b}`), so they are seen, not obeyed.
+pub(crate) fn clean(s: &str) -> std::borrow::Cow<'_, str> {
+    if !s.chars().any(is_unsafe_for_terminal) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if is_unsafe_for_terminal(c) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 fn value(v: &AttrValue) -> String {
     let s = match v {
         AttrValue::Str(s)
-            if s.is_empty() || s.chars().any(|c| c.is_whitespace() || c.is_control()) =>
+            if s.is_empty()
+                || s.chars()
+                    .any(|c| c.is_whitespace() || is_unsafe_for_terminal(c)) =>
         {
-            format!("{s:?}")
+            clean(&format!("{s:?}")).into_owned()
         }
         AttrValue::Str(s) => s.clone(),
         AttrValue::Int(i) => i.to_string(),
         AttrValue::Bool(b) => b.to_string(),
-        AttrValue::StrList(items) => format!("[{}]", items.join(",")),
+        AttrValue::StrList(items) => clean(&format!("[{}]", items.join(","))).into_owned(),
     };
     if s.chars().count() > MAX_VALUE_CHARS {
         let mut cut: String = s.chars().take(MAX_VALUE_CHARS).collect();
@@ -620,6 +655,35 @@ mod tests {
             links: Vec::new(),
             status: SpanStatus::Unset,
         }
+    }
+
+    /// Names, actors, messages and values from the input cannot write to the terminal: a
+    /// newline cannot fake a line, `ESC[31m` cannot recolour, a bidi override cannot reorder.
+    #[test]
+    fn control_characters_from_the_input_are_escaped() {
+        let mut pod = object(1, 1, None, "pods/shop/evil\n└─ fake line\u{1b}[31m", 0, 10);
+        pod.events.push(SpanEventRecord {
+            time: T0,
+            name: "Bad\u{1b}]0;title\u{7}".into(),
+            attributes: vec![(
+                "k8s.event.message".into(),
+                AttrValue::Str("x\u{202e}gnp.exe".into()),
+            )],
+        });
+        let mut req = request(1, 2, 1, "kubectl\r\u{9b}2J", "patch pods\n", 500, (1, 1));
+        req.status = SpanStatus::Error("boom\u{1b}[2J".into());
+        let text = render_tree(&[pod, req], TreeOptions { color: false });
+        for bad in ['\u{1b}', '\r', '\u{7}', '\u{9b}', '\u{202e}'] {
+            assert!(!text.contains(bad), "{bad:?} in {text}");
+        }
+        // Each span and event is one line: no newline from the input.
+        assert_eq!(
+            text.lines().filter(|l| !l.trim().is_empty()).count(),
+            3,
+            "{text}"
+        );
+        assert!(text.contains(r"evil\n└─ fake line\u{1b}[31m"), "{text}");
+        assert!(text.contains(r"kubectl\r\u{9b}2J"), "{text}");
     }
 
     /// Deployment → ReplicaSet → Pod, each with its requests, one failed; given out of order.

@@ -10,7 +10,9 @@ pub type UnixNanos = i64;
 
 /// Parses an RFC 3339 date-time into nanoseconds since the Unix epoch.
 ///
-/// Returns `None` for anything that is not a valid date-time.
+/// Returns `None` for anything that is not a valid date-time. Valid times outside what
+/// nanoseconds in an `i64` can hold (before 1677, after 2262; RFC 3339 allows years
+/// 0000–9999) are clamped to [`UnixNanos::MIN`] / [`UnixNanos::MAX`].
 pub fn parse_rfc3339_nanos(s: &str) -> Option<UnixNanos> {
     let b = s.as_bytes();
     if b.len() < 20 {
@@ -82,7 +84,18 @@ pub fn parse_rfc3339_nanos(s: &str) -> Option<UnixNanos> {
     };
     let days = days_from_civil(year, month, day);
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
-    secs.checked_mul(1_000_000_000)?.checked_add(nanos)
+    // Nanoseconds in an i64 cover 1677-09-21 to 2262-04-11; RFC 3339 goes from year 0000 to
+    // 9999. A valid time outside the range is clamped to its end (order is kept up to it)
+    // rather than refused.
+    Some(
+        secs.checked_mul(1_000_000_000)
+            .and_then(|n| n.checked_add(nanos))
+            .unwrap_or(if secs > 0 {
+                UnixNanos::MAX
+            } else {
+                UnixNanos::MIN
+            }),
+    )
 }
 
 fn is_leap(y: i64) -> bool {
@@ -170,6 +183,27 @@ mod tests {
             parse_rfc3339_nanos("2023-06-12T13:20:01.5-00:30"),
             Some(1_686_577_801_500_000_000)
         );
+    }
+
+    #[test]
+    fn the_whole_rfc3339_range_parses() {
+        assert_eq!(
+            parse_rfc3339_nanos("9999-12-31T23:59:59.999999999Z"),
+            Some(UnixNanos::MAX)
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("0000-01-01T00:00:00Z"),
+            Some(UnixNanos::MIN)
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("2262-04-11T23:47:16.854775807Z"),
+            Some(UnixNanos::MAX)
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("1970-01-01T00:00:01Z"),
+            Some(1_000_000_000)
+        );
+        assert!(parse_rfc3339_nanos("2261-01-01T00:00:00Z").unwrap() < UnixNanos::MAX);
     }
 
     #[test]

@@ -89,6 +89,9 @@ pub struct PipelineStats {
     pub collection_items: u64,
     /// Secret values replaced by a salted hash before processing.
     pub redacted_values: u64,
+    /// Bodies replaced whole because they had to be redacted but could not be parsed (fail
+    /// closed).
+    pub redacted_bodies: u64,
     /// Requests whose diff against the object's previous state was computed.
     pub diffs: u64,
     /// Updates and patches that changed nothing (noise ignored).
@@ -179,7 +182,9 @@ impl Pipeline {
     pub fn push(&mut self, cluster: &str, mut event: AuditEvent, out: &mut Vec<SpanRecord>) {
         self.stats.events_in += 1;
         // Before anything else reads, holds or logs the bodies.
-        self.stats.redacted_values += self.decorator.redact(&mut event) as u64;
+        let redaction = self.decorator.redact_report(&mut event);
+        self.stats.redacted_values += redaction.values as u64;
+        self.stats.redacted_bodies += redaction.whole_bodies as u64;
         if let Some(t) = event.end_time() {
             self.advance(t, out);
         }

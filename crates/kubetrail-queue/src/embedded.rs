@@ -1,8 +1,10 @@
 //! The embedded queue: bounded, in-process, the default.
 //!
-//! Capacity is counted in events with a semaphore; a batch holds its permits from the moment
-//! it is accepted until its [`Ack`] is done (its spans exported), so queue depth includes the
-//! batches being processed. [`EmbeddedProducer::publish`] fails fast when full (the webhook
+//! Capacity is counted in events and in bytes (an estimate of the memory a batch holds:
+//! its bodies, strings and a fixed cost per event, [`batch_bytes`]), each with a semaphore; a
+//! batch holds its permits from the moment it is accepted until its [`Ack`] is done (its
+//! spans exported), so queue depth includes the batches being processed. A few huge events
+//! fill the byte bound long before the event bound. [`EmbeddedProducer::publish`] fails fast when full (the webhook
 //! turns that into 503 + Retry-After); [`EmbeddedProducer::publish_wait`] waits instead (a
 //! replay reading a file as fast as the pipeline allows).
 
@@ -17,15 +19,64 @@ use crate::{Ack, AuditBatch, AuditConsumer, AuditProducer, PublishError, QueueHe
 struct Shared {
     permits: Arc<Semaphore>,
     capacity: usize,
+    /// Byte permits, counted in [`BYTE_UNIT`]s.
+    byte_permits: Arc<Semaphore>,
+    /// Byte capacity in units.
+    byte_capacity: usize,
     closed: AtomicBool,
 }
 
-/// Creates an embedded queue holding at most `capacity_events` events.
+/// The byte bound is counted in units of this many bytes (a semaphore takes at most
+/// `u32::MAX` permits at once).
+const BYTE_UNIT: usize = 1024;
+/// Fixed cost of one event besides its variable-length parts (the struct, maps, vectors).
+const EVENT_OVERHEAD: usize = 1024;
+
+/// An estimate of the memory `batch` holds: its bodies, its strings and a fixed cost per
+/// event.
+pub fn batch_bytes(batch: &AuditBatch) -> usize {
+    batch.events.iter().map(event_bytes).sum()
+}
+
+/// An estimate of the memory one event holds (see [`batch_bytes`]).
+pub fn event_bytes(e: &kubetrail_model::AuditEvent) -> usize {
+    EVENT_OVERHEAD
+        + e.request_object.as_ref().map_or(0, |r| r.get().len())
+        + e.response_object.as_ref().map_or(0, |r| r.get().len())
+        + e.request_uri.len()
+        + e.audit_id.len()
+        + e.user.username.as_deref().map_or(0, str::len)
+        + e.user_agent.as_deref().map_or(0, str::len)
+        + e.annotations
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>()
+}
+
+fn units(bytes: usize) -> usize {
+    bytes.div_ceil(BYTE_UNIT).max(1)
+}
+
+/// Creates an embedded queue holding at most `capacity_events` events, without a byte bound
+/// (see [`channel_bounded`]).
 pub fn channel(capacity_events: usize) -> (EmbeddedProducer, EmbeddedConsumer) {
+    channel_bounded(capacity_events, usize::MAX)
+}
+
+/// Creates an embedded queue holding at most `capacity_events` events and about
+/// `capacity_bytes` bytes of them ([`batch_bytes`]). A batch larger than either bound alone
+/// is refused ([`PublishError::TooLarge`]).
+pub fn channel_bounded(
+    capacity_events: usize,
+    capacity_bytes: usize,
+) -> (EmbeddedProducer, EmbeddedConsumer) {
     let capacity = capacity_events.clamp(1, Semaphore::MAX_PERMITS);
+    let byte_capacity = units(capacity_bytes).min(Semaphore::MAX_PERMITS);
     let shared = Arc::new(Shared {
         permits: Arc::new(Semaphore::new(capacity)),
         capacity,
+        byte_permits: Arc::new(Semaphore::new(byte_capacity)),
+        byte_capacity,
         closed: AtomicBool::new(false),
     });
     let (tx, rx) = mpsc::unbounded_channel();
@@ -41,13 +92,13 @@ pub fn channel(capacity_events: usize) -> (EmbeddedProducer, EmbeddedConsumer) {
 /// The producing side; cheap to clone. The queue closes when every producer is dropped.
 #[derive(Clone)]
 pub struct EmbeddedProducer {
-    tx: mpsc::UnboundedSender<(AuditBatch, tokio::sync::OwnedSemaphorePermit)>,
+    tx: mpsc::UnboundedSender<(AuditBatch, Held)>,
     shared: Arc<Shared>,
 }
 
 /// The consuming side.
 pub struct EmbeddedConsumer {
-    rx: mpsc::UnboundedReceiver<(AuditBatch, tokio::sync::OwnedSemaphorePermit)>,
+    rx: mpsc::UnboundedReceiver<(AuditBatch, Held)>,
     shared: Arc<Shared>,
 }
 
@@ -55,31 +106,65 @@ fn permits_for(n: usize) -> u32 {
     u32::try_from(n.max(1)).unwrap_or(u32::MAX)
 }
 
+/// The permits a queued batch holds until it is acknowledged.
+struct Held {
+    _events: tokio::sync::OwnedSemaphorePermit,
+    _bytes: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl Shared {
+    /// Refuses a batch that could never fit.
+    fn check_size(&self, events: usize, units: usize) -> Result<(), PublishError> {
+        if events > self.capacity {
+            return Err(PublishError::TooLarge {
+                events,
+                capacity: self.capacity,
+            });
+        }
+        if units > self.byte_capacity {
+            return Err(PublishError::TooLarge {
+                events,
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+
+    fn queued_bytes(&self) -> usize {
+        (self.byte_capacity - self.byte_permits.available_permits()).saturating_mul(BYTE_UNIT)
+    }
+}
+
 impl EmbeddedProducer {
     /// Waits for room, then queues the batch (for sources that may block, such as a replay).
     pub async fn publish_wait(&self, batch: AuditBatch) -> Result<(), PublishError> {
         let n = batch.events.len();
-        if n > self.shared.capacity {
-            return Err(PublishError::TooLarge {
-                events: n,
-                capacity: self.shared.capacity,
-            });
-        }
-        let permit = self
+        let u = units(batch_bytes(&batch));
+        self.shared.check_size(n, u)?;
+        let events = self
             .shared
             .permits
             .clone()
             .acquire_many_owned(permits_for(n))
             .await
             .map_err(|_| PublishError::Closed)?;
-        self.send(batch, permit)
+        let bytes = self
+            .shared
+            .byte_permits
+            .clone()
+            .acquire_many_owned(permits_for(u))
+            .await
+            .map_err(|_| PublishError::Closed)?;
+        self.send(
+            batch,
+            Held {
+                _events: events,
+                _bytes: bytes,
+            },
+        )
     }
 
-    fn send(
-        &self,
-        batch: AuditBatch,
-        permit: tokio::sync::OwnedSemaphorePermit,
-    ) -> Result<(), PublishError> {
+    fn send(&self, batch: AuditBatch, permit: Held) -> Result<(), PublishError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
@@ -91,6 +176,8 @@ impl EmbeddedProducer {
             .increment(n as u64);
         metrics::gauge!("kubetrail_queue_depth_events", "queue" => "embedded")
             .set(self.queued() as f64);
+        metrics::gauge!("kubetrail_queue_depth_bytes", "queue" => "embedded")
+            .set(self.shared.queued_bytes() as f64);
         Ok(())
     }
 
@@ -112,18 +199,25 @@ impl AuditProducer for EmbeddedProducer {
             return Err(PublishError::Closed);
         }
         let n = batch.events.len();
-        if n > self.shared.capacity {
-            return Err(PublishError::TooLarge {
-                events: n,
-                capacity: self.shared.capacity,
-            });
-        }
-        match self
+        let u = units(batch_bytes(&batch));
+        self.shared.check_size(n, u)?;
+        let acquired = self
             .shared
             .permits
             .clone()
             .try_acquire_many_owned(permits_for(n))
-        {
+            .and_then(|events| {
+                let bytes = self
+                    .shared
+                    .byte_permits
+                    .clone()
+                    .try_acquire_many_owned(permits_for(u))?;
+                Ok(Held {
+                    _events: events,
+                    _bytes: bytes,
+                })
+            });
+        match acquired {
             Ok(permit) => self.send(batch, permit),
             Err(tokio::sync::TryAcquireError::Closed) => Err(PublishError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
@@ -164,6 +258,8 @@ impl AuditConsumer for EmbeddedConsumer {
             drop(permit);
             metrics::gauge!("kubetrail_queue_depth_events", "queue" => "embedded")
                 .set((shared.capacity - shared.permits.available_permits()) as f64);
+            metrics::gauge!("kubetrail_queue_depth_bytes", "queue" => "embedded")
+                .set(shared.queued_bytes() as f64);
         });
         Some(Received { batch, ack })
     }
@@ -233,5 +329,38 @@ mod tests {
             "queued batches are still delivered after close"
         );
         assert!(c.recv().await.is_none(), "then the consumer ends");
+    }
+
+    fn big_batch(body_bytes: usize) -> AuditBatch {
+        let body = format!("\"{}\"", "x".repeat(body_bytes));
+        let e: kubetrail_model::AuditEvent = serde_json::from_str(&format!(
+            r#"{{"level":"Request","auditID":"a","stage":"ResponseComplete","requestURI":"/","verb":"create","user":{{}},"requestObject":{body}}}"#,
+        ))
+        .unwrap();
+        AuditBatch {
+            cluster: "c".into(),
+            events: vec![e],
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn bytes_bound_the_queue_as_well_as_events() {
+        // Room for 1,000 events but only ~1 MiB.
+        let (p, mut c) = channel_bounded(1_000, 1 << 20);
+        assert!(batch_bytes(&big_batch(600_000)) > 600_000);
+        p.publish(big_batch(600_000)).await.unwrap();
+        let err = p.publish(big_batch(600_000)).await.unwrap_err();
+        assert!(matches!(err, PublishError::Full { .. }), "{err:?}");
+        assert!(p.health().queued_events == 1, "one event, yet full");
+        assert!(matches!(
+            p.publish(big_batch(2 << 20)).await,
+            Err(PublishError::TooLarge { .. })
+        ));
+        let r = c.recv().await.unwrap();
+        let p2 = p.clone();
+        let waiter = tokio::spawn(async move { p2.publish_wait(big_batch(600_000)).await });
+        r.ack.done();
+        waiter.await.unwrap().unwrap();
     }
 }

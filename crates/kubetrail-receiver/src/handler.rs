@@ -24,9 +24,10 @@ use tokio::time::Instant;
 
 use crate::Readiness;
 use crate::auth::{Auth, ConnInfo, Denied, valid_cluster};
+use crate::budget::{ByteBudget, Charge};
 use crate::metrics::{
     BATCHES_REJECTED, EVENTS_ACCEPTED, EVENTS_RECEIVED, EVENTS_REJECTED, HTTP_DURATION,
-    HTTP_REQUESTS,
+    HTTP_REQUESTS, INFLIGHT_REQUESTS,
 };
 
 /// `Retry-After` when a readiness check fails.
@@ -37,6 +38,10 @@ const NOT_READY_RETRY_AFTER: Duration = Duration::from_secs(5);
 const DRAIN_LIMIT: usize = 1024 * 1024;
 /// Longest time spent draining an unwanted body.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// `Retry-After` when the in-flight byte budget is used up.
+const BUDGET_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// Size of the reads when inflating a gzip body.
+const INFLATE_CHUNK: usize = 64 * 1024;
 /// Bodies larger than this (or gzip bodies larger than [`BLOCKING_GZIP_THRESHOLD`]) are
 /// decompressed and decoded on the blocking pool, not on a runtime worker.
 const BLOCKING_THRESHOLD: usize = 256 * 1024;
@@ -68,6 +73,8 @@ pub(crate) struct AppState {
     pub max_batch_items: usize,
     pub body_read_timeout: Duration,
     pub publish_timeout: Duration,
+    /// Request-body bytes over all requests (`max_inflight_bytes`).
+    pub budget: ByteBudget,
     pub producer: Arc<dyn AuditProducer>,
     pub readiness: Arc<dyn Readiness>,
     pub auth: Auth,
@@ -426,35 +433,43 @@ async fn receive(
     format: Format,
 ) -> Result<AuditResponse, Rejection> {
     let started = Instant::now();
+    let _inflight = InflightRequest::new();
     let conn = parts.extensions.get::<ConnInfo>();
     if let Err(early) = admit(s, cluster, parts, conn, format) {
-        let drained = drain(body, &parts.headers, started + DRAIN_TIMEOUT).await;
+        let drained = drain(body, parts, started + DRAIN_TIMEOUT).await;
         return Err(early.close_unless(drained));
     }
     let gzip = is_gzip(&parts.headers);
 
+    // Every buffer of this request is charged here and given back when it is dropped (at
+    // the end of this function, whatever way it ends).
+    let mut charge = s.budget.charge();
     let raw = read_body(
         body,
+        parts,
         s.max_body_bytes,
-        content_length(&parts.headers),
+        &mut charge,
         started + s.body_read_timeout,
     )
     .await?;
 
     let limit = s.max_body_bytes;
-    let (events, errors) =
+    let (events, errors, charge) =
         if raw.len() > BLOCKING_THRESHOLD || (gzip && raw.len() > BLOCKING_GZIP_THRESHOLD) {
-            tokio::task::spawn_blocking(move || decode(&raw, gzip, limit, format))
-                .await
-                .map_err(|e| {
-                    Rejection::new(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("decoding failed: {e}"),
-                    )
-                })??
+            tokio::task::spawn_blocking(move || {
+                decode(&raw, gzip, limit, format, &mut charge).map(|(e, r)| (e, r, charge))
+            })
+            .await
+            .map_err(|e| {
+                Rejection::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("decoding failed: {e}"),
+                )
+            })??
         } else {
-            decode(&raw, gzip, limit, format)?
+            decode(&raw, gzip, limit, format, &mut charge).map(|(e, r)| (e, r, charge))?
         };
+    let _charge = charge;
 
     let items = events.len() + errors.len();
     metrics::counter!(EVENTS_RECEIVED, "cluster" => cluster.to_owned()).increment(items as u64);
@@ -642,20 +657,23 @@ async fn publish(
     }
 }
 
-/// Decompresses (when gzip) within `limit`, then decodes the `EventList`.
+/// Decompresses (when gzip) within `limit`, then decodes the `EventList`. The inflated
+/// buffer and the decoded events (about as large as their JSON) are charged to `charge`.
 fn decode(
     raw: &[u8],
     gzip: bool,
     limit: usize,
     format: Format,
+    charge: &mut Charge,
 ) -> Result<(Vec<AuditEvent>, Vec<ItemError>), Rejection> {
     let inflated;
     let json = if gzip {
-        inflated = gunzip(raw, limit)?;
+        inflated = gunzip(raw, limit, charge)?;
         inflated.as_slice()
     } else {
         raw
     };
+    charge.grow(json.len()).map_err(|_| budget_exhausted())?;
     let expected = match format {
         Format::EventList => {
             return decode_event_list(json)
@@ -696,25 +714,102 @@ fn decode(
     Ok((events, errors))
 }
 
-fn gunzip(raw: &[u8], limit: usize) -> Result<Vec<u8>, Rejection> {
-    let mut out = Vec::with_capacity(raw.len().saturating_mul(4).min(limit));
-    let cap = u64::try_from(limit).unwrap_or(u64::MAX).saturating_add(1);
-    flate2::read::MultiGzDecoder::new(raw)
-        .take(cap)
-        .read_to_end(&mut out)
-        .map_err(|e| {
+/// Inflates a gzip body into a buffer that grows (and is charged) as output arrives; more
+/// than `limit` inflated bytes is 413.
+fn gunzip(raw: &[u8], limit: usize, charge: &mut Charge) -> Result<Vec<u8>, Rejection> {
+    let mut decoder = flate2::read::MultiGzDecoder::new(raw);
+    let mut out = Vec::new();
+    let mut chunk = vec![0u8; INFLATE_CHUNK];
+    let mut inflate_charge = BufferCharge::new(charge);
+    loop {
+        let n = decoder.read(&mut chunk).map_err(|e| {
             Rejection::new(
                 StatusCode::BAD_REQUEST,
                 format!("the body is not valid gzip: {e}"),
             )
         })?;
-    if out.len() > limit {
-        return Err(Rejection::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!("the decompressed body is larger than the limit of {limit} bytes"),
-        ));
+        if n == 0 {
+            return Ok(out);
+        }
+        if n > limit - out.len() {
+            return Err(Rejection::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the decompressed body is larger than the limit of {limit} bytes"),
+            ));
+        }
+        append(&mut out, &chunk[..n], limit, &mut inflate_charge)?;
     }
-    Ok(out)
+}
+
+/// A request's charge as seen by one buffer: the buffer's capacity is charged before the
+/// buffer grows.
+struct BufferCharge<'a> {
+    charge: &'a mut Charge,
+    /// Capacity charged for this buffer so far.
+    covered: usize,
+}
+
+impl<'a> BufferCharge<'a> {
+    fn new(charge: &'a mut Charge) -> Self {
+        BufferCharge { charge, covered: 0 }
+    }
+
+    fn cover(&mut self, capacity: usize) -> Result<(), Rejection> {
+        if capacity > self.covered {
+            self.charge
+                .grow(capacity - self.covered)
+                .map_err(|_| budget_exhausted())?;
+            self.covered = capacity;
+        }
+        Ok(())
+    }
+}
+
+/// Appends `data` to `buf`, growing it (doubling, but not past `limit`) only after the
+/// growth was charged; 503 when the in-flight budget cannot cover it.
+fn append(
+    buf: &mut Vec<u8>,
+    data: &[u8],
+    limit: usize,
+    charge: &mut BufferCharge<'_>,
+) -> Result<(), Rejection> {
+    let needed = buf.len() + data.len();
+    if needed > buf.capacity() {
+        let target = needed.max(buf.capacity().saturating_mul(2).min(limit));
+        charge.cover(target)?;
+        buf.reserve_exact(target - buf.len());
+        charge.cover(buf.capacity())?;
+    }
+    buf.extend_from_slice(data);
+    Ok(())
+}
+
+fn budget_exhausted() -> Rejection {
+    let mut r = Rejection::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the receiver holds as many request bytes as it may (server.max_inflight_bytes); \
+         retry later"
+            .to_owned(),
+    );
+    r.retry_after = Some(BUDGET_RETRY_AFTER);
+    r.events_reason = Some("inflight_bytes");
+    r
+}
+
+/// Counts a `POST /audit` request in [`INFLIGHT_REQUESTS`] while it lives.
+struct InflightRequest;
+
+impl InflightRequest {
+    fn new() -> Self {
+        metrics::gauge!(INFLIGHT_REQUESTS).increment(1.0);
+        InflightRequest
+    }
+}
+
+impl Drop for InflightRequest {
+    fn drop(&mut self) {
+        metrics::gauge!(INFLIGHT_REQUESTS).decrement(1.0);
+    }
 }
 
 fn is_gzip(headers: &HeaderMap) -> bool {
@@ -741,18 +836,18 @@ fn too_large(len: u64, limit: usize) -> Rejection {
     )
 }
 
-/// Reads the whole body, failing past `limit` bytes (413) or `deadline` (408).
+/// Reads the whole body, failing past `limit` bytes (413) or `deadline` (408). The buffer
+/// grows with what arrives (a declared `Content-Length` reserves nothing) and each growth
+/// is charged to `charge` first (503 when the in-flight budget is used up).
 async fn read_body(
     mut body: Body,
+    parts: &Parts,
     limit: usize,
-    declared: Option<u64>,
+    charge: &mut Charge,
     deadline: Instant,
 ) -> Result<Vec<u8>, Rejection> {
-    let initial = declared
-        .and_then(|n| usize::try_from(n).ok())
-        .unwrap_or(0)
-        .min(limit);
-    let mut buf = Vec::with_capacity(initial);
+    let mut buf = Vec::new();
+    let mut charge = BufferCharge::new(charge);
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => {
@@ -775,28 +870,52 @@ async fn read_body(
         if let Ok(data) = frame.into_data() {
             if data.len() > limit - buf.len() {
                 let seen = (buf.len() + data.len()) as u64;
-                let drained = drain(body, &HeaderMap::new(), deadline).await;
+                drop(buf);
+                let drained = drain_rest(body, parts.version, deadline).await;
                 return Err(too_large(seen, limit).with_more().close_unless(drained));
             }
-            buf.extend_from_slice(&data);
+            if let Err(refused) = append(&mut buf, &data, limit, &mut charge) {
+                drop(buf);
+                let drained = drain_rest(body, parts.version, deadline).await;
+                return Err(refused.close_unless(drained));
+            }
         }
     }
 }
 
 /// Reads and discards an unwanted body (bounded in size and time) so the client sees our
 /// answer rather than a reset; `false` when the connection should be closed instead.
-async fn drain(mut body: Body, headers: &HeaderMap, deadline: Instant) -> bool {
+async fn drain(body: Body, parts: &Parts, deadline: Instant) -> bool {
+    if parts.version <= Version::HTTP_11 {
+        // A client waiting for "100 Continue" has not sent the body; reading it would ask
+        // for it.
+        let expects_continue = parts
+            .headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue
+            || content_length(&parts.headers).is_some_and(|n| n > DRAIN_LIMIT as u64)
+        {
+            return false;
+        }
+    }
+    drain_rest(body, parts.version, deadline).await
+}
+
+/// Reads and discards the rest of a body. Over HTTP/1.1 at most [`DRAIN_LIMIT`] bytes (past
+/// it closing the connection is cheaper). Over HTTP/2 the whole stream, within the time
+/// bound: discarding costs no memory (flow control), while a stream reset in place of it
+/// reaches clients such as curl as a stream error instead of our status code.
+async fn drain_rest(mut body: Body, version: Version, deadline: Instant) -> bool {
     use axum::body::HttpBody as _;
     if body.is_end_stream() {
         return true;
     }
-    // A client waiting for "100 Continue" has not sent the body; reading it would ask for it.
-    let expects_continue = headers
-        .get(header::EXPECT)
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if expects_continue || content_length(headers).is_some_and(|n| n > DRAIN_LIMIT as u64) {
-        return false;
-    }
+    let byte_limit = if version >= Version::HTTP_2 {
+        usize::MAX
+    } else {
+        DRAIN_LIMIT
+    };
     let deadline = deadline.min(Instant::now() + DRAIN_TIMEOUT);
     let mut seen = 0usize;
     loop {
@@ -804,8 +923,8 @@ async fn drain(mut body: Body, headers: &HeaderMap, deadline: Instant) -> bool {
             Ok(None) => return true,
             Ok(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    seen += data.len();
-                    if seen > DRAIN_LIMIT {
+                    seen = seen.saturating_add(data.len());
+                    if seen > byte_limit {
                         return false;
                     }
                 }
@@ -920,12 +1039,32 @@ mod tests {
         enc.write_all(&vec![b' '; 100_000]).unwrap();
         let small = enc.finish().unwrap();
         assert!(small.len() < 1_000);
-        assert_eq!(gunzip(&small, 100_000).unwrap().len(), 100_000);
-        let err = gunzip(&small, 99_999).unwrap_err();
+        let budget = ByteBudget::new(usize::MAX);
+        let mut charge = budget.charge();
+        assert_eq!(gunzip(&small, 100_000, &mut charge).unwrap().len(), 100_000);
+        assert!(charge.bytes() >= 100_000, "the inflated buffer was charged");
+        drop(charge);
+        assert_eq!(budget.in_use(), 0, "and given back");
+        let err = gunzip(&small, 99_999, &mut budget.charge()).unwrap_err();
         assert_eq!(err.status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(
-            gunzip(b"not gzip", 100).unwrap_err().status,
+            gunzip(b"not gzip", 100, &mut budget.charge())
+                .unwrap_err()
+                .status,
             StatusCode::BAD_REQUEST
         );
+    }
+
+    #[test]
+    fn inflating_past_the_inflight_budget_is_503_and_gives_everything_back() {
+        use std::io::Write as _;
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        enc.write_all(&vec![b' '; 1_000_000]).unwrap();
+        let small = enc.finish().unwrap();
+        let budget = ByteBudget::new(200_000);
+        let err = gunzip(&small, 10_000_000, &mut budget.charge()).unwrap_err();
+        assert_eq!(err.status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(err.retry_after.is_some());
+        assert_eq!(budget.in_use(), 0);
     }
 }

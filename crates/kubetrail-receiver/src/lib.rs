@@ -54,6 +54,7 @@
 #![warn(missing_docs)]
 
 mod auth;
+mod budget;
 mod handler;
 mod metrics;
 mod server;
@@ -82,6 +83,18 @@ pub struct ReceiverConfig {
     pub max_body_bytes: usize,
     /// Largest accepted number of items in one `EventList`.
     pub max_batch_items: usize,
+    /// Most connections open at once; a connection accepted beyond it is closed at once
+    /// (counted in `kubetrail_connections_refused_total`). With
+    /// [`max_inflight_bytes`](Self::max_inflight_bytes) it bounds the receiver's memory:
+    /// roughly `max_inflight_bytes + max_connections × 64 KiB` (HTTP/1.1) or
+    /// `× 256 KiB` (HTTP/2, its flow-control window) on top of the process baseline.
+    pub max_connections: usize,
+    /// Most request-body bytes held at once over all requests (as read, and again after gzip
+    /// decompression). Buffers are charged as they grow, never from `Content-Length`, and
+    /// given back when the request ends. A request that would pass it is answered 503 +
+    /// `Retry-After` (the API server retries). Must be at least
+    /// [`max_body_bytes`](Self::max_body_bytes).
+    pub max_inflight_bytes: usize,
     /// How long a client may take to send a request's headers (and, on a TLS connection,
     /// to finish the handshake); also how long an idle keep-alive connection is kept.
     pub header_read_timeout: Duration,
@@ -120,6 +133,8 @@ impl Default for ReceiverConfig {
             default_cluster: "default".to_owned(),
             max_body_bytes: 32 * 1024 * 1024,
             max_batch_items: 10_000,
+            max_connections: 4096,
+            max_inflight_bytes: 256 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             body_read_timeout: Duration::from_secs(30),
             tls: None,

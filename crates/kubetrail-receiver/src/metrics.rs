@@ -22,6 +22,14 @@ pub(crate) const BATCHES_REJECTED: &str = "kubetrail_batches_rejected_total";
 /// Records of cloud push deliveries (Firehose, Pub/Sub) that carry no Kubernetes audit
 /// event (CloudWatch control messages, GKE cluster-operation entries): skipped, not errors.
 pub(crate) const RECORDS_SKIPPED: &str = "kubetrail_cloud_records_skipped_total";
+/// Connections open now (gauge).
+pub(crate) const CONNECTIONS_OPEN: &str = "kubetrail_connections_open";
+/// Connections closed at once because `max_connections` were open.
+pub(crate) const CONNECTIONS_REFUSED: &str = "kubetrail_connections_refused_total";
+/// Request-body bytes held now over all requests (gauge), bounded by `max_inflight_bytes`.
+pub(crate) const INFLIGHT_BYTES: &str = "kubetrail_inflight_body_bytes";
+/// `POST /audit` requests being received or processed now (gauge).
+pub(crate) const INFLIGHT_REQUESTS: &str = "kubetrail_inflight_requests";
 
 /// Latency buckets (seconds) of [`HTTP_DURATION`]: the p99 target is 50 ms.
 const DURATION_BUCKETS: &[f64] = &[
@@ -80,7 +88,21 @@ fn describe() {
     describe_counter!(
         EVENTS_REJECTED,
         "Audit events not accepted, by cluster and reason (malformed_item, queue_full, \
-         unavailable, too_large, closed, publish_timeout, too_many_items)."
+         unavailable, too_large, closed, publish_timeout, too_many_items, inflight_bytes)."
+    );
+    metrics::describe_gauge!(CONNECTIONS_OPEN, "Connections open now.");
+    describe_counter!(
+        CONNECTIONS_REFUSED,
+        "Connections closed at once because server.max_connections were open."
+    );
+    metrics::describe_gauge!(
+        INFLIGHT_BYTES,
+        Unit::Bytes,
+        "Request-body bytes held now over all requests (bounded by server.max_inflight_bytes)."
+    );
+    metrics::describe_gauge!(
+        INFLIGHT_REQUESTS,
+        "POST /audit requests being received or processed now."
     );
     describe_counter!(
         BATCHES_REJECTED,

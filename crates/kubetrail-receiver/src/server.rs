@@ -15,16 +15,31 @@ use hyper_util::service::TowerToHyperService;
 use kubetrail_queue::AuditProducer;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt as _;
 
 use crate::auth::{Auth, ConnInfo, load_tokens, valid_cluster};
+use crate::budget::ByteBudget;
 use crate::handler::{AppState, router};
+use crate::metrics::{CONNECTIONS_OPEN, CONNECTIONS_REFUSED};
 use crate::{Readiness, ReceiverConfig, ReceiverError};
 
 /// How often the Prometheus handle's upkeep runs (drains histogram samples).
 const METRICS_UPKEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Largest HTTP/1.1 read buffer per connection (request heads must fit in it).
+const HTTP1_MAX_BUF: usize = 64 * 1024;
+/// HTTP/2 flow-control windows: what a client may send before the server reads it, per
+/// stream and per connection. They bound the bytes a stalled HTTP/2 connection can make the
+/// server buffer.
+const HTTP2_STREAM_WINDOW: u32 = 128 * 1024;
+/// See [`HTTP2_STREAM_WINDOW`].
+const HTTP2_CONNECTION_WINDOW: u32 = 256 * 1024;
+/// Concurrent HTTP/2 streams per connection (the API server sends one batch at a time).
+const HTTP2_MAX_STREAMS: u32 = 16;
+/// Largest HTTP/2 header list.
+const HTTP2_MAX_HEADER_LIST: u32 = 64 * 1024;
 /// Pause after an accept error such as "too many open files", so the loop does not spin.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 
@@ -36,6 +51,7 @@ pub struct Receiver {
     state: Arc<AppState>,
     header_read_timeout: Duration,
     shutdown_grace: Duration,
+    connections: Arc<Semaphore>,
 }
 
 impl std::fmt::Debug for Receiver {
@@ -112,6 +128,7 @@ impl Receiver {
             max_batch_items: config.max_batch_items,
             body_read_timeout: config.body_read_timeout,
             publish_timeout: config.publish_timeout,
+            budget: ByteBudget::new(config.max_inflight_bytes),
             producer,
             readiness,
             auth,
@@ -126,6 +143,9 @@ impl Receiver {
             state,
             header_read_timeout: config.header_read_timeout,
             shutdown_grace: config.shutdown_grace,
+            connections: Arc::new(Semaphore::new(
+                config.max_connections.min(Semaphore::MAX_PERMITS),
+            )),
         })
     }
 
@@ -152,6 +172,7 @@ impl Receiver {
             state,
             header_read_timeout,
             shutdown_grace,
+            connections: connection_slots,
         } = self;
         let app = router(state.clone());
 
@@ -159,8 +180,15 @@ impl Receiver {
         builder
             .http1()
             .timer(TokioTimer::new())
-            .header_read_timeout(header_read_timeout);
-        builder.http2().timer(TokioTimer::new());
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(HTTP1_MAX_BUF);
+        builder
+            .http2()
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(HTTP2_STREAM_WINDOW)
+            .initial_connection_window_size(HTTP2_CONNECTION_WINDOW)
+            .max_concurrent_streams(HTTP2_MAX_STREAMS)
+            .max_header_list_size(HTTP2_MAX_HEADER_LIST);
         let builder = Arc::new(builder);
 
         let upkeep = state.metrics.clone().map(|handle| {
@@ -187,7 +215,15 @@ impl Receiver {
                 }
                 accepted = listener.accept() => match accepted {
                     Ok((stream, remote)) => {
+                        let Ok(slot) = connection_slots.clone().try_acquire_owned() else {
+                            // At the cap: close at once rather than hold the socket.
+                            metrics::counter!(CONNECTIONS_REFUSED).increment(1);
+                            tracing::debug!(%remote, "max_connections open; closing a new connection");
+                            drop(stream);
+                            continue;
+                        };
                         let conn = Connection {
+                            _slot: OpenConnection::new(slot),
                             remote,
                             tls: tls.clone(),
                             builder: builder.clone(),
@@ -246,6 +282,16 @@ fn validate(c: &ReceiverConfig) -> Result<(), ReceiverError> {
     if c.max_body_bytes == 0 {
         return bad("max_body_bytes must be greater than 0".to_owned());
     }
+    if c.max_connections == 0 {
+        return bad("max_connections must be greater than 0".to_owned());
+    }
+    if c.max_inflight_bytes / 3 < c.max_body_bytes {
+        return bad(format!(
+            "max_inflight_bytes ({}) must be at least 3 × max_body_bytes ({}): one request \
+             holds its body, its decompressed form and its decoded events",
+            c.max_inflight_bytes, c.max_body_bytes
+        ));
+    }
     if c.max_batch_items == 0 {
         return bad("max_batch_items must be greater than 0".to_owned());
     }
@@ -266,8 +312,25 @@ fn is_resource_exhaustion(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
+/// A connection's slot under `max_connections`, counted in [`CONNECTIONS_OPEN`].
+struct OpenConnection(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl OpenConnection {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+        OpenConnection(permit)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
 /// One accepted TCP connection.
 struct Connection {
+    _slot: OpenConnection,
     remote: SocketAddr,
     tls: Option<TlsAcceptor>,
     builder: Arc<auto::Builder<TokioExecutor>>,

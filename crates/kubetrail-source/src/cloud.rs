@@ -407,7 +407,7 @@ fn cloudwatch_event(text: &str, at: &str, out: &mut Vec<CloudItem>) {
 fn event_from_text(text: &[u8], at: &str) -> CloudItem {
     match serde_json::from_slice::<AuditEvent>(text) {
         Ok(e) => CloudItem::Event(Box::new(e)),
-        Err(_) => bad(at, crate::reader::describe_error(text)),
+        Err(_) => bad(at, crate::decode::describe_error(text)),
     }
 }
 

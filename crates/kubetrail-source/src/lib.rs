@@ -20,9 +20,12 @@
 
 pub mod cloud;
 mod decode;
+mod framing;
 mod reader;
 
 pub use decode::{ItemError, decode_event_list};
-pub use reader::{EventReader, Malformed, OpenedInput, SourceError, open_input};
+pub use reader::{
+    DEFAULT_MAX_RECORD_BYTES, EventReader, Malformed, OpenedInput, SourceError, open_input,
+};
 
 pub use kubetrail_model::AuditEvent;

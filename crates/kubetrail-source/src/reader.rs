@@ -7,13 +7,15 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use serde::Deserialize;
-use serde_json::value::RawValue;
-
 use kubetrail_model::AuditEvent;
 
-/// Largest multi-line JSON document (a pretty-printed `EventList`) read into memory at once.
-const MAX_DOCUMENT_BYTES: usize = 256 << 20;
+use crate::decode::{Shape, decode_document};
+use crate::framing::{Frame, Framer};
+
+/// Default longest record (a line, or a pretty-printed document) read into memory: larger
+/// ones are skipped and reported as malformed. Twice the webhook's default body limit, so
+/// a captured webhook body always fits.
+pub const DEFAULT_MAX_RECORD_BYTES: usize = 64 << 20;
 /// Longest reason kept for a malformed record.
 const MAX_REASON: usize = 300;
 
@@ -133,25 +135,6 @@ pub fn open_input(name: &str) -> Result<OpenedInput, SourceError> {
     })
 }
 
-#[derive(Deserialize)]
-struct RawList<'a> {
-    #[serde(default)]
-    kind: Option<&'a str>,
-    #[serde(borrow)]
-    items: Vec<&'a RawValue>,
-}
-
-/// Re-parses a rejected audit event tracking the path, so the reason names the field
-/// (`user.groups[1]: invalid type: integer…`). Only runs on the error path.
-pub(crate) fn describe_error(text: &[u8]) -> String {
-    let de = &mut serde_json::Deserializer::from_slice(text);
-    match serde_path_to_error::deserialize::<_, AuditEvent>(de) {
-        Ok(_) => "not an audit event".to_owned(),
-        Err(e) if e.path().to_string() == "." => e.inner().to_string(),
-        Err(e) => format!("{}: {}", e.path(), e.inner()),
-    }
-}
-
 /// An iterator of audit events from one input, with malformed records reported in-line.
 ///
 /// Yields `Ok(Ok(event))` for each event, `Ok(Err(malformed))` for each bad record, and
@@ -161,10 +144,12 @@ pub struct EventReader {
     input: Box<dyn BufRead + Send>,
     progress: Arc<AtomicU64>,
     size: Option<u64>,
-    line: u64,
-    buf: Vec<u8>,
+    framer: Framer,
+    frames: Vec<Frame>,
     pending: VecDeque<Result<AuditEvent, Malformed>>,
     done: bool,
+    /// Nothing read yet: a UTF-8 byte order mark (Azure blobs, Windows editors) is skipped.
+    at_start: bool,
 }
 
 impl EventReader {
@@ -180,10 +165,11 @@ impl EventReader {
             input: reader,
             progress,
             size,
-            line: 0,
-            buf: Vec::with_capacity(64 << 10),
+            framer: Framer::new(DEFAULT_MAX_RECORD_BYTES),
+            frames: Vec::new(),
             pending: VecDeque::new(),
             done: false,
+            at_start: true,
         })
     }
 
@@ -194,11 +180,20 @@ impl EventReader {
             input: Box::new(reader),
             progress: Arc::new(AtomicU64::new(0)),
             size: None,
-            line: 0,
-            buf: Vec::with_capacity(64 << 10),
+            framer: Framer::new(DEFAULT_MAX_RECORD_BYTES),
+            frames: Vec::new(),
             pending: VecDeque::new(),
             done: false,
+            at_start: true,
         }
+    }
+
+    /// Refuses records (a line, or a multi-line document) longer than `max` bytes: such a
+    /// record is skipped without being held in memory and reported as malformed. Default
+    /// [`DEFAULT_MAX_RECORD_BYTES`].
+    pub fn with_max_record_bytes(mut self, max: usize) -> EventReader {
+        self.framer = Framer::new(max.max(1));
+        self
     }
 
     /// The input's name.
@@ -222,7 +217,22 @@ impl EventReader {
         item: Option<usize>,
         reason: impl std::fmt::Display,
     ) -> Malformed {
-        let mut reason = reason.to_string();
+        // Reasons quote the input (serde names the bad value): never let its control
+        // characters reach a terminal raw.
+        let mut reason: String = reason
+            .to_string()
+            .chars()
+            .flat_map(|c| {
+                let unsafe_char = c.is_control()
+                    || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+                let escaped: Box<dyn Iterator<Item = char>> = if unsafe_char {
+                    Box::new(c.escape_default())
+                } else {
+                    Box::new(std::iter::once(c))
+                };
+                escaped
+            })
+            .collect();
         if reason.len() > MAX_REASON {
             let mut cut = MAX_REASON;
             while !reason.is_char_boundary(cut) {
@@ -239,143 +249,65 @@ impl EventReader {
         }
     }
 
-    /// Reads the next line into `self.buf`; false at end of input.
-    fn next_line(&mut self) -> Result<bool, SourceError> {
-        self.buf.clear();
-        let n = self
-            .input
-            .read_until(b'\n', &mut self.buf)
-            .map_err(|source| SourceError::Read {
-                name: self.name.clone(),
-                line: self.line,
-                source,
-            })?;
-        if n > 0 {
-            self.line += 1;
-        }
-        Ok(n > 0)
-    }
-
-    /// Decodes one JSON text starting at `line` into pending records (events, or malformed
-    /// records). Fails only when the text is an incomplete JSON value: more lines are needed.
-    fn decode_document(&mut self, text: &[u8], line: u64) -> Result<(), serde_json::Error> {
-        match serde_json::from_slice::<AuditEvent>(text) {
-            Ok(e) => {
-                self.pending.push_back(Ok(e));
-                return Ok(());
+    /// Decodes one framed record into pending records.
+    fn decode_frame(&mut self, frame: Frame) {
+        match frame {
+            Frame::Broken { line, reason } => {
+                let m = self.malformed(line, None, reason);
+                self.pending.push_back(Err(m));
             }
-            Err(e) if e.is_eof() => return Err(e),
-            Err(_) => {
-                // Not an event: a complete value at all (else keep reading lines), a list, an
-                // array, or something malformed, described with the path of the bad field.
-                match serde_json::from_slice::<serde::de::IgnoredAny>(text) {
-                    Err(e) if e.is_eof() => return Err(e),
-                    Err(e) => {
-                        let m = self.malformed(line, None, format!("not JSON: {e}"));
-                        self.pending.push_back(Err(m));
-                        return Ok(());
-                    }
-                    Ok(_) => {}
-                }
-                if let Some(doc) = crate::cloud::decode_cloud_document(text) {
-                    self.push_cloud(doc, line);
-                    return Ok(());
-                }
-                let items = if let Ok(list) = serde_json::from_slice::<RawList<'_>>(text) {
-                    if list.kind.is_some_and(|k| k != "EventList") {
-                        let m = self.malformed(
-                            line,
-                            None,
-                            format!("not an audit event or EventList: kind {:?}", list.kind),
-                        );
-                        self.pending.push_back(Err(m));
-                        return Ok(());
-                    }
-                    list.items
-                } else if let Ok(array) = serde_json::from_slice::<Vec<&RawValue>>(text) {
-                    array
-                } else {
-                    let m = self.malformed(line, None, describe_error(text));
+            Frame::Document { line, text } => {
+                let doc = decode_document(&text);
+                if let Shape::Invalid(reason) = doc.shape {
+                    let m = self.malformed(line, None, reason);
                     self.pending.push_back(Err(m));
-                    return Ok(());
-                };
-                for (i, item) in items.into_iter().enumerate() {
-                    let rec = serde_json::from_str::<AuditEvent>(item.get()).map_err(|_| {
-                        self.malformed(line, Some(i), describe_error(item.get().as_bytes()))
-                    });
-                    self.pending.push_back(rec);
+                    return;
+                }
+                // Events and item errors in item order.
+                let mut errors = doc.errors.into_iter().peekable();
+                let mut index = 0;
+                for e in doc.events {
+                    while errors.peek().is_some_and(|x| x.index == index) {
+                        if let Some(x) = errors.next() {
+                            let m = self.malformed(line, Some(x.index), x.reason);
+                            self.pending.push_back(Err(m));
+                        }
+                        index += 1;
+                    }
+                    self.pending.push_back(Ok(e));
+                    index += 1;
+                }
+                for x in errors {
+                    let m = self.malformed(line, Some(x.index), x.reason);
+                    self.pending.push_back(Err(m));
                 }
             }
-        }
-        Ok(())
-    }
-
-    /// Queues the items of a cloud log document (see [`crate::cloud`]); a skipped record
-    /// (not a Kubernetes audit event) is reported like a malformed one, with its reason.
-    fn push_cloud(&mut self, doc: crate::cloud::CloudDocument, line: u64) {
-        for (i, item) in doc.items.into_iter().enumerate() {
-            let rec = match item {
-                crate::cloud::CloudItem::Event(e) => Ok(*e),
-                crate::cloud::CloudItem::Bad(e) | crate::cloud::CloudItem::Skipped(e) => {
-                    Err(self.malformed(line, Some(i), e.reason))
-                }
-            };
-            self.pending.push_back(rec);
         }
     }
 
     /// Fills `pending` with at least one record, or sets `done`.
     fn fill(&mut self) -> Result<(), SourceError> {
         while self.pending.is_empty() && !self.done {
-            if !self.next_line()? {
-                self.done = true;
-                break;
-            }
-            if self.buf.iter().all(u8::is_ascii_whitespace) {
+            let chunk = self.input.fill_buf().map_err(|source| SourceError::Read {
+                name: self.name.clone(),
+                line: self.framer.line().saturating_sub(1),
+                source,
+            })?;
+            if std::mem::take(&mut self.at_start) && chunk.starts_with(b"\xEF\xBB\xBF") {
+                self.input.consume(3);
                 continue;
             }
-            let start = self.line;
-            if start == 1 && self.buf.starts_with(b"\xEF\xBB\xBF") {
-                // A UTF-8 byte order mark (Azure blobs, Windows editors).
-                self.buf.drain(..3);
+            if chunk.is_empty() {
+                self.framer.end(&mut self.frames);
+                self.done = true;
+            } else {
+                let n = chunk.len();
+                self.framer.feed(chunk, &mut self.frames);
+                self.input.consume(n);
             }
-            let line = std::mem::take(&mut self.buf);
-            match self.decode_document(&line, start) {
-                Ok(()) => self.buf = line,
-                Err(_) => {
-                    // An incomplete JSON text: a pretty-printed document. Gather lines until it
-                    // parses, fails for a reason other than running out, or grows too large.
-                    let mut doc = line;
-                    loop {
-                        if !self.next_line()? {
-                            let m = self.malformed(
-                                start,
-                                None,
-                                "truncated JSON document at end of input",
-                            );
-                            self.pending.push_back(Err(m));
-                            self.done = true;
-                            break;
-                        }
-                        doc.extend_from_slice(&self.buf);
-                        if doc.len() > MAX_DOCUMENT_BYTES {
-                            let m = self.malformed(
-                                start,
-                                None,
-                                format!("JSON document larger than {MAX_DOCUMENT_BYTES} bytes"),
-                            );
-                            self.pending.push_back(Err(m));
-                            // Skip to the next line that starts a new top-level value.
-                            break;
-                        }
-                        // decode_document only fails while the text is still incomplete.
-                        if self.decode_document(&doc, start).is_ok() {
-                            break;
-                        }
-                    }
-                    doc.clear();
-                    self.buf = doc;
-                }
+            let frames = std::mem::take(&mut self.frames);
+            for f in frames {
+                self.decode_frame(f);
             }
         }
         Ok(())

@@ -39,8 +39,10 @@ pub struct Config {
     pub export: ExportSection,
     /// The audit webhook (`serve`, `receive`).
     pub server: ServerSection,
-    /// The embedded queue (`serve`).
+    /// The embedded queue (`serve`, and `replay` in front of its pipeline).
     pub queue: QueueSection,
+    /// Reading audit files (`replay`, `timeline`).
+    pub source: SourceSection,
     /// Kafka (`receive`, `consume`).
     pub kafka: kubetrail_kafka::KafkaConfig,
     /// How long shutdown may take to drain and flush.
@@ -64,6 +66,11 @@ pub struct ServerSection {
     pub max_body_bytes: Option<usize>,
     /// Most items per EventList.
     pub max_batch_items: Option<usize>,
+    /// Most connections open at once (more are closed at once).
+    pub max_connections: Option<usize>,
+    /// Most request-body bytes held at once over all requests (503 beyond; at least
+    /// 3 × max_body_bytes).
+    pub max_inflight_bytes: Option<usize>,
     /// Slow-client protection: time to send the request headers.
     #[serde(with = "humantime_serde")]
     pub header_read_timeout: Option<Duration>,
@@ -96,11 +103,35 @@ pub struct TlsSection {
 pub struct QueueSection {
     /// Capacity of the embedded queue, in events (queued or being processed).
     pub events: usize,
+    /// Capacity of the embedded queue in bytes (an estimate of the memory its events hold:
+    /// bodies, strings, a fixed cost per event). A few huge events fill it long before
+    /// `events` is reached.
+    pub bytes: usize,
 }
 
 impl Default for QueueSection {
     fn default() -> Self {
-        QueueSection { events: 100_000 }
+        QueueSection {
+            events: 100_000,
+            bytes: 512 << 20,
+        }
+    }
+}
+
+/// `source:` in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceSection {
+    /// Longest record (a line, or a pretty-printed document) read from an audit file; longer
+    /// ones are skipped without being held in memory and counted as malformed.
+    pub max_record_bytes: usize,
+}
+
+impl Default for SourceSection {
+    fn default() -> Self {
+        SourceSection {
+            max_record_bytes: kubetrail_source::DEFAULT_MAX_RECORD_BYTES,
+        }
     }
 }
 
@@ -351,5 +382,138 @@ mod tests {
             ("http://b:4318", OtlpProtocol::Http)
         );
         assert!(Config::default().otlp(None, None).unwrap().is_none());
+    }
+}
+
+/// Settles `decorate.redact.salt`, first found wins: `KUBETRAIL_REDACT_SALT` (`env.text`),
+/// the file named by `KUBETRAIL_REDACT_SALT_FILE` (`env.file`), `decorate.redact.salt`, the
+/// file `decorate.redact.salt_file`. The file forms are the usual ones in Kubernetes: a
+/// mounted Secret shared by every process of a deployment. Giving both the salt and its file
+/// in the config is refused, as is a salt shorter than
+/// [`SaltSecret::MIN_LEN`](kubetrail_decorate::SaltSecret::MIN_LEN).
+pub(crate) fn resolve_redact_salt(cfg: &mut Config, env: SaltEnv) -> anyhow::Result<()> {
+    use kubetrail_decorate::SaltSecret;
+    let redact = &mut cfg.decorate.redact;
+    if redact.salt.is_some() && redact.salt_file.is_some() {
+        anyhow::bail!("decorate.redact: give salt or salt_file, not both");
+    }
+    let read = |path: &Path, what: &str| -> anyhow::Result<SaltSecret> {
+        let text = std::fs::read_to_string(path).with_context(|| {
+            format!(
+                "cannot read the redaction salt file {} ({what})",
+                path.display()
+            )
+        })?;
+        Ok(SaltSecret::new(&text))
+    };
+    let nonempty = |v: Option<String>| v.filter(|t| !t.trim().is_empty());
+    if let Some(text) = nonempty(env.text) {
+        redact.salt = Some(SaltSecret::new(&text));
+    } else if let Some(path) = nonempty(env.file) {
+        redact.salt = Some(read(Path::new(&path), "KUBETRAIL_REDACT_SALT_FILE")?);
+    } else if let Some(path) = &redact.salt_file {
+        redact.salt = Some(read(path, "decorate.redact.salt_file")?);
+    }
+    redact.salt_file = None;
+    if let Some(problem) = redact.salt.as_ref().and_then(SaltSecret::problem) {
+        anyhow::bail!("decorate.redact.salt: {problem}");
+    }
+    Ok(())
+}
+
+/// The environment's say on the redaction salt.
+#[derive(Debug, Default)]
+pub(crate) struct SaltEnv {
+    /// `KUBETRAIL_REDACT_SALT`.
+    pub text: Option<String>,
+    /// `KUBETRAIL_REDACT_SALT_FILE`.
+    pub file: Option<String>,
+}
+
+impl SaltEnv {
+    /// Read from the process environment.
+    pub(crate) fn from_process() -> SaltEnv {
+        SaltEnv {
+            text: std::env::var("KUBETRAIL_REDACT_SALT").ok(),
+            file: std::env::var("KUBETRAIL_REDACT_SALT_FILE").ok(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod salt_tests {
+    use super::*;
+
+    fn with_salt(yaml: &str) -> Config {
+        serde_yaml::from_str(yaml).unwrap()
+    }
+
+    fn salt_of(cfg: &Config) -> kubetrail_decorate::Salt {
+        kubetrail_decorate::Salt::from_secret(cfg.decorate.redact.salt.as_ref().unwrap())
+    }
+
+    #[test]
+    fn salt_sources_in_order_and_refusals() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("salt");
+        std::fs::write(&file, "from-the-file-0123456789\n").unwrap();
+        let other = dir.path().join("other");
+        std::fs::write(&other, "from-the-env-file-0123456789").unwrap();
+
+        let mut a = with_salt(&format!(
+            "decorate:\n  redact:\n    salt_file: {}\n",
+            file.display()
+        ));
+        resolve_redact_salt(&mut a, SaltEnv::default()).unwrap();
+        let mut b = with_salt("decorate:\n  redact:\n    salt: from-the-file-0123456789\n");
+        resolve_redact_salt(&mut b, SaltEnv::default()).unwrap();
+        assert_eq!(
+            salt_of(&a),
+            salt_of(&b),
+            "the file's final newline is not part of it"
+        );
+
+        let mut c = with_salt("decorate:\n  redact:\n    salt: from-the-file-0123456789\n");
+        let env = SaltEnv {
+            text: None,
+            file: Some(other.display().to_string()),
+        };
+        resolve_redact_salt(&mut c, env).unwrap();
+        assert_ne!(salt_of(&c), salt_of(&b), "the environment wins");
+        let mut d = Config::default();
+        let env = SaltEnv {
+            text: Some("from-the-env-file-0123456789".into()),
+            file: Some("/nonexistent".into()),
+        };
+        resolve_redact_salt(&mut d, env).unwrap();
+        assert_eq!(salt_of(&d), salt_of(&c));
+
+        let mut none = Config::default();
+        resolve_redact_salt(&mut none, SaltEnv::default()).unwrap();
+        assert!(none.decorate.redact.salt.is_none());
+
+        let mut both = with_salt(&format!(
+            "decorate:\n  redact:\n    salt: from-the-file-0123456789\n    salt_file: {}\n",
+            file.display()
+        ));
+        assert!(resolve_redact_salt(&mut both, SaltEnv::default()).is_err());
+        let mut short = Config::default();
+        let env = SaltEnv {
+            text: Some("short".into()),
+            file: None,
+        };
+        let e = resolve_redact_salt(&mut short, env)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at least 16"), "{e}");
+        let mut missing = with_salt("decorate:\n  redact:\n    salt_file: /nonexistent/salt\n");
+        let e = resolve_redact_salt(&mut missing, SaltEnv::default())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("/nonexistent/salt"), "{e}");
+        assert!(
+            !format!("{:?}", b.decorate).contains("from-the-file"),
+            "Debug hides the salt"
+        );
     }
 }

@@ -30,10 +30,13 @@ const SHOWN_MALFORMED: usize = 10;
 
 /// Exit code when some spans could not be exported.
 const EXIT_EXPORT_FAILED: u8 = 3;
+/// Exit code when the input held no audit event at all.
+const EXIT_NO_EVENTS: u8 = 4;
 
 /// The config file with the flags and environment applied.
 pub(crate) fn effective_config(args: &PipelineArgs) -> anyhow::Result<(Config, String)> {
     let mut cfg = Config::load(args.config.as_deref())?;
+    crate::config::resolve_redact_salt(&mut cfg, crate::config::SaltEnv::from_process())?;
     if let Some(w) = args.window {
         cfg.aggregate.window = w;
     }
@@ -163,6 +166,16 @@ impl FileRun {
         if self.report.spans_dropped > 0 || !self.report.finish_errors.is_empty() {
             return Ok(ExitCode::from(EXIT_EXPORT_FAILED));
         }
+        if self.outcome.events == 0 {
+            // Almost certainly the wrong file (binary data, another log, an empty capture):
+            // say so rather than report a successful replay of nothing.
+            eprintln!(
+                "kubetrail {command}: error: the input holds no audit event ({} malformed records); \
+                 expected audit.k8s.io Events as JSON lines, EventLists or arrays (gzip allowed)",
+                self.outcome.malformed
+            );
+            return Ok(ExitCode::from(EXIT_NO_EVENTS));
+        }
         Ok(ExitCode::SUCCESS)
     }
 }
@@ -180,7 +193,7 @@ pub(crate) async fn run_files(
     let (cfg, cluster) = effective_config(pipeline)?;
     let mut readers = Vec::with_capacity(files.len());
     for f in files {
-        readers.push(EventReader::open(f)?);
+        readers.push(EventReader::open(f)?.with_max_record_bytes(cfg.source.max_record_bytes));
     }
     let sinks = make_sinks(&cfg)?;
     let mut exporter_cfg = cfg.exporter();
@@ -203,7 +216,9 @@ pub(crate) async fn run_files(
 
     // The same path as a live server: a source publishes batches into the embedded queue and
     // one worker runs the pipeline and exports. Replays do not tick: time is the events' own.
-    let (producer, consumer) = kubetrail_queue::embedded::channel(QUEUE_EVENTS);
+    let queue_bytes = cfg.queue.bytes.max(1);
+    let (producer, consumer) =
+        kubetrail_queue::embedded::channel_bounded(QUEUE_EVENTS, queue_bytes);
     let worker = Worker::new(
         consumer,
         Pipeline::new(cfg.pipeline()),
@@ -218,7 +233,7 @@ pub(crate) async fn run_files(
     let rt = tokio::runtime::Handle::current();
     let reader_bar = bar.clone();
     let mut outcome = tokio::task::spawn_blocking(move || {
-        read_all(readers, &cluster, producer, &rt, &reader_bar)
+        read_all(readers, &cluster, producer, queue_bytes, &rt, &reader_bar)
     })
     .await
     .context("the replay reader stopped unexpectedly")??;
@@ -243,12 +258,17 @@ fn read_all(
     readers: Vec<EventReader>,
     cluster: &str,
     producer: EmbeddedProducer,
+    queue_bytes: usize,
     rt: &tokio::runtime::Handle,
     bar: &ProgressBar,
 ) -> anyhow::Result<ReadOutcome> {
     let mut o = ReadOutcome::default();
     let mut done_bytes = 0u64;
     let mut batch = Vec::with_capacity(BATCH_EVENTS);
+    // A batch is also cut by size, so a few huge events never make a batch larger than the
+    // queue's byte bound (a quarter of it, so the pipeline always has work queued).
+    let batch_bytes_limit = (queue_bytes / 4).max(1);
+    let mut batch_bytes = 0usize;
     let publish = |events: Vec<AuditEvent>| -> anyhow::Result<()> {
         let batch = AuditBatch {
             cluster: cluster.to_owned(),
@@ -265,8 +285,36 @@ fn read_all(
             match rec {
                 Ok(Ok(event)) => {
                     o.events += 1;
+                    let size = kubetrail_queue::embedded::event_bytes(&event);
+                    if size > queue_bytes {
+                        // Could never be queued: counted and reported like a malformed record.
+                        o.malformed += 1;
+                        let m = Malformed {
+                            input: name.clone(),
+                            line: 0,
+                            item: None,
+                            reason: format!(
+                                "event {} holds about {size} bytes, more than queue.bytes ({queue_bytes})",
+                                event.audit_id
+                            ),
+                        };
+                        tracing::warn!(%m, "audit event too large for the queue skipped");
+                        if o.shown.len() < SHOWN_MALFORMED {
+                            o.shown.push(m);
+                        }
+                        continue;
+                    }
+                    if !batch.is_empty() && batch_bytes + size > batch_bytes_limit {
+                        publish(std::mem::replace(
+                            &mut batch,
+                            Vec::with_capacity(BATCH_EVENTS),
+                        ))?;
+                        batch_bytes = 0;
+                    }
+                    batch_bytes += size;
                     batch.push(event);
                     if batch.len() >= BATCH_EVENTS {
+                        batch_bytes = 0;
                         publish(std::mem::replace(
                             &mut batch,
                             Vec::with_capacity(BATCH_EVENTS),

@@ -32,12 +32,21 @@ impl<P: AuditProducer> AuditProducer for RedactingProducer<P> {
         &self,
         mut batch: kubetrail_queue::AuditBatch,
     ) -> Result<(), kubetrail_queue::PublishError> {
-        let mut redacted = 0;
+        let (mut redacted, mut whole) = (0, 0);
         for e in &mut batch.events {
-            redacted += self.decorator.redact(e);
+            let r = self.decorator.redact_report(e);
+            redacted += r.values;
+            whole += r.whole_bodies;
         }
         if redacted > 0 {
             metrics::counter!("kubetrail_values_redacted_total").increment(redacted as u64);
+        }
+        if whole > 0 {
+            tracing::warn!(
+                bodies = whole,
+                "replaced audit bodies whole: they had to be redacted but could not be parsed"
+            );
+            metrics::counter!("kubetrail_bodies_redacted_whole_total").increment(whole as u64);
         }
         self.inner.publish(batch).await
     }

@@ -62,6 +62,12 @@ pub(crate) fn receiver_config(
     if let Some(v) = s.max_batch_items {
         rc.max_batch_items = v;
     }
+    if let Some(v) = s.max_connections {
+        rc.max_connections = v;
+    }
+    if let Some(v) = s.max_inflight_bytes {
+        rc.max_inflight_bytes = v;
+    }
     if let Some(v) = s.header_read_timeout {
         rc.header_read_timeout = v;
     }
@@ -141,7 +147,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
 
     let queue_events = args.queue_events.unwrap_or(cfg.queue.events);
-    let (producer, consumer) = kubetrail_queue::embedded::channel(queue_events);
+    let (producer, consumer) =
+        kubetrail_queue::embedded::channel_bounded(queue_events, cfg.queue.bytes);
     let threshold = cfg
         .server
         .export_failure_threshold

@@ -22,11 +22,14 @@ fn lookup<'a>(v: &'a serde_yaml::Value, dotted: &str) -> Option<&'a serde_yaml::
     dotted.split('.').try_fold(v, |v, key| v.get(key))
 }
 
-/// Runs `kubetrail replay --tree` on an empty log with the given config file text.
+/// One audit event (a read: filtered out, so nothing is exported, but the input is valid).
+const ONE_EVENT: &str = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"ResponseComplete","requestURI":"/api/v1/pods","verb":"list","user":{"username":"u"},"requestReceivedTimestamp":"2024-05-01T10:00:00Z","stageTimestamp":"2024-05-01T10:00:00Z"}"#;
+
+/// Runs `kubetrail replay --tree` on a one-event log with the given config file text.
 fn replay_with_config(yaml: &str) -> std::process::Output {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("empty.log");
-    std::fs::write(&log, "").unwrap();
+    let log = dir.path().join("one.log");
+    std::fs::write(&log, ONE_EVENT).unwrap();
     let cfg = dir.path().join("c.yaml");
     std::fs::write(&cfg, yaml).unwrap();
     Command::new(env!("CARGO_BIN_EXE_kubetrail"))
@@ -80,8 +83,8 @@ fn every_config_flag_has_an_environment_variable() {
 #[test]
 fn the_reference_config_is_accepted_and_a_typo_is_not() {
     let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("empty.log");
-    std::fs::write(&log, "").unwrap();
+    let log = dir.path().join("one.log");
+    std::fs::write(&log, ONE_EVENT).unwrap();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/kubetrail.yaml");
     let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
         .args([
@@ -95,13 +98,38 @@ fn the_reference_config_is_accepted_and_a_typo_is_not() {
         .env_remove("KUBETRAIL_OTLP_ENDPOINT")
         .output()
         .unwrap();
-    // The reference config names an OTLP endpoint that does not resolve here; an empty input
-    // exports nothing, so the run succeeds.
+    // The reference config names an OTLP endpoint that does not resolve here; a read is
+    // filtered out and nothing is exported, so the run succeeds.
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // Input with no audit event at all (binary garbage, an empty file): a clear error and a
+    // non-zero exit, not "0 events read" and success.
+    for (name, content) in [
+        ("empty.log", b"".to_vec()),
+        (
+            "garbage.bin",
+            (0..=255u8).cycle().take(100_000).collect::<Vec<u8>>(),
+        ),
+    ] {
+        let input = dir.path().join(name);
+        std::fs::write(&input, content).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+            .args([
+                "replay",
+                "--otlp-json",
+                dir.path().join("g.jsonl").to_str().unwrap(),
+            ])
+            .arg(&input)
+            .env_remove("KUBETRAIL_OTLP_ENDPOINT")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{name}: {stderr}");
+        assert!(stderr.contains("holds no audit event"), "{name}: {stderr}");
+    }
     let out = replay_with_config("aggregate:\n  windw: 10m\n");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown field `windw`"));

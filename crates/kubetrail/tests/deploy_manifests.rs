@@ -285,7 +285,7 @@ fn the_script_renders_and_validates_every_overlay() {
         );
     }
     let s = &summaries["secrets.example"];
-    assert_eq!((s["validated"], s["errors"]), (2, 0), "{s:?}");
+    assert_eq!((s["validated"], s["errors"]), (3, 0), "{s:?}");
     assert!(v.stdout.lines().any(|l| l == "dockerfile: ok"));
     assert_eq!(v.stdout.lines().last(), Some("result: ok"));
 }
@@ -627,6 +627,36 @@ fn scale_out_receives_into_kafka_and_consumes_from_it() {
             .any(|a| a.starts_with("--listen") || a.starts_with("--insecure"))
     );
     assert_files_mounted(&objects, cw, cc, &["/etc/kubetrail/kubetrail.yaml"], &[]);
+
+    // One redaction salt for both halves: every process gives a value the same marker, so
+    // two receive replicas never make a diff show a false change.
+    let salt_file = |c: &Value| -> String {
+        seq_at(c, &["env"])
+            .iter()
+            .find(|e| str_at(e, &["name"]) == Some("KUBETRAIL_REDACT_SALT_FILE"))
+            .and_then(|e| str_at(e, &["value"]))
+            .expect("KUBETRAIL_REDACT_SALT_FILE")
+            .to_owned()
+    };
+    let (rs, cs) = (salt_file(rc), salt_file(cc));
+    let secrets = secrets_example();
+    assert_files_mounted(&objects, rw, rc, &[rs.as_str()], &secrets);
+    assert_files_mounted(&objects, cw, cc, &[cs.as_str()], &secrets);
+    let salt_secret = |w: &Value| -> Vec<String> {
+        seq_at(pod_spec(w), &["volumes"])
+            .iter()
+            .flat_map(|v| seq_at(v, &["projected", "sources"]).iter())
+            .filter_map(|s| str_at(s, &["secret", "name"]))
+            .filter(|n| n.contains("salt"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(salt_secret(rw), vec!["kubetrail-redact-salt".to_owned()]);
+    assert_eq!(
+        salt_secret(rw),
+        salt_secret(cw),
+        "receive and consume share one salt Secret"
+    );
 
     // The topic: the name both use, partitions for the consumers, durability, retention.
     let topic = find(&objects, "KafkaTopic", "kubetrail-audit");

@@ -8,3 +8,4 @@ mod common;
 mod ingest;
 mod lifecycle;
 mod limits;
+mod pressure;
