@@ -35,3 +35,8 @@ example-dump:
 kafka:
     bash scripts/install-tansu.sh
     .tools/bin/tansu broker --listener-url tcp://127.0.0.1:19092 --advertised-listener-url tcp://127.0.0.1:19092 --storage-engine memory://tansu/
+
+# A real control plane (2 kube-apiservers, controller manager, scheduler, a node) sending its
+# audit webhook to `kubetrail serve`, exporting to Jaeger (http://127.0.0.1:16686).
+cluster:
+    bash scripts/cluster-demo.sh

@@ -49,23 +49,24 @@ done
 mkdir -p "$dir"
 dir="$(cd "$dir" && pwd)"
 
-# Stops every process recorded in DIR/pids: SIGTERM, then SIGKILL after 10 s.
+# Stops the processes recorded in DIR/pids in reverse start order (the node agent and the
+# controllers first, etcd last), each with SIGTERM and, after 20 s, SIGKILL: the API servers
+# flush their audit webhook buffers while shutting down.
 down() {
     [[ -f "$dir/pids" ]] || return 0
-    local pids=() name pid
+    local name pid
     while read -r name pid; do
+        kill -0 "$pid" 2>/dev/null || continue
+        kill -TERM "$pid" 2>/dev/null || true
+        for _ in $(seq 200); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
         if kill -0 "$pid" 2>/dev/null; then
-            kill -TERM "$pid" 2>/dev/null || true
-            pids+=("$pid")
+            echo "local-cluster: $name (pid $pid) ignored SIGTERM for 20s; killing it" >&2
+            kill -KILL "$pid" 2>/dev/null || true
         fi
     done < <(tac "$dir/pids")
-    for _ in $(seq 100); do
-        local alive=0
-        for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && alive=1; done
-        [[ $alive == 0 ]] && break
-        sleep 0.1
-    done
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
     rm -f "$dir/pids"
 }
 
