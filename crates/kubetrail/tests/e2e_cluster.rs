@@ -11,7 +11,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use kubetrail_testkit::{OtlpReceiver, Pki, ReceivedSpan, parse_otlp_json_lines};
 use tokio::process::{Child, Command};
@@ -80,7 +79,9 @@ async fn accepted(pki: &Pki, addr: &str) -> u64 {
         .await
         .unwrap();
     text.lines()
-        .filter(|l| l.starts_with("kubetrail_events_accepted_total") && l.contains("cluster=\"local\""))
+        .filter(|l| {
+            l.starts_with("kubetrail_events_accepted_total") && l.contains("cluster=\"local\"")
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .map(|v| v as u64)
         .sum()
@@ -89,11 +90,17 @@ async fn accepted(pki: &Pki, addr: &str) -> u64 {
 /// Runs `kubetrail replay` on the audit logs; returns the spans of its OTLP/JSON file.
 async fn replay(files: &[std::path::PathBuf], out: &Path) -> (Vec<ReceivedSpan>, String) {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubetrail"));
-    cmd.args(["replay", "--cluster", "local", "--no-progress", "--otlp-json"])
-        .arg(out)
-        .args(files)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    cmd.args([
+        "replay",
+        "--cluster",
+        "local",
+        "--no-progress",
+        "--otlp-json",
+    ])
+    .arg(out)
+    .args(files)
+    .stdin(Stdio::null())
+    .kill_on_drop(true);
     let run = cmd.output().await.unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
     assert!(run.status.success(), "replay failed: {stderr}");
@@ -109,19 +116,42 @@ fn namespace_manifest(ns: &str) -> String {
 async fn deployment_lifecycle(c: &LocalCluster) {
     c.kubectl(&["create", "namespace", "shop"]).await;
     c.kubectl(&[
-        "-n", "shop", "create", "deployment", "web", "--image=registry.local/web:1.0", "--replicas=2",
+        "-n",
+        "shop",
+        "create",
+        "deployment",
+        "web",
+        "--image=registry.local/web:1.0",
+        "--replicas=2",
     ])
     .await;
-    let status = ["-n", "shop", "rollout", "status", "deployment/web", "--timeout=180s"];
+    let status = [
+        "-n",
+        "shop",
+        "rollout",
+        "status",
+        "deployment/web",
+        "--timeout=180s",
+    ];
     c.kubectl(&status).await;
-    c.kubectl(&["-n", "shop", "scale", "deployment/web", "--replicas=4"]).await;
-    c.kubectl(&status).await;
-    c.kubectl(&["-n", "shop", "set", "image", "deployment/web", "web=registry.local/web:1.1"])
+    c.kubectl(&["-n", "shop", "scale", "deployment/web", "--replicas=4"])
         .await;
     c.kubectl(&status).await;
-    c.kubectl(&["-n", "shop", "scale", "deployment/web", "--replicas=1"]).await;
+    c.kubectl(&[
+        "-n",
+        "shop",
+        "set",
+        "image",
+        "deployment/web",
+        "web=registry.local/web:1.1",
+    ])
+    .await;
     c.kubectl(&status).await;
-    c.kubectl(&["-n", "shop", "delete", "deployment", "web"]).await;
+    c.kubectl(&["-n", "shop", "scale", "deployment/web", "--replicas=1"])
+        .await;
+    c.kubectl(&status).await;
+    c.kubectl(&["-n", "shop", "delete", "deployment", "web"])
+        .await;
     // The garbage collector deletes the ReplicaSets, they their Pods; the kubelet confirms.
     c.wait_for(
         "web's ReplicaSets and Pods gone",
@@ -163,14 +193,26 @@ spec:
     c.wait_for(
         "a backup Job that succeeded after a failed Pod",
         &[
-            "-n", "batch-jobs", "get", "jobs", "-o",
+            "-n",
+            "batch-jobs",
+            "get",
+            "jobs",
+            "-o",
             "jsonpath={range .items[*]}{.status.failed}/{.status.succeeded}{\"\\n\"}{end}",
         ],
         |out| out.lines().any(|l| l == "1/1"),
     )
     .await;
-    c.kubectl(&["-n", "batch-jobs", "patch", "cronjob", "backup", "-p", r#"{"spec":{"suspend":true}}"#])
-        .await;
+    c.kubectl(&[
+        "-n",
+        "batch-jobs",
+        "patch",
+        "cronjob",
+        "backup",
+        "-p",
+        r#"{"spec":{"suspend":true}}"#,
+    ])
+    .await;
 }
 
 /// StatefulSet with a volume claim template, bound to pre-created PersistentVolumes.
@@ -230,18 +272,37 @@ spec:
 "#,
     )
     .await;
-    c.kubectl(&["-n", "data", "rollout", "status", "statefulset/db", "--timeout=180s"]).await;
+    c.kubectl(&[
+        "-n",
+        "data",
+        "rollout",
+        "status",
+        "statefulset/db",
+        "--timeout=180s",
+    ])
+    .await;
 }
 
 /// A Secret created and updated (its values must never reach a span or a log).
 async fn secret_created_and_updated(c: &LocalCluster) {
     c.kubectl(&[
-        "-n", "shop", "create", "secret", "generic", "db-password",
+        "-n",
+        "shop",
+        "create",
+        "secret",
+        "generic",
+        "db-password",
         &format!("--from-literal=password={}", SECRET_VALUES[0]),
     ])
     .await;
     c.kubectl(&[
-        "-n", "shop", "patch", "secret", "db-password", "--type=merge", "-p",
+        "-n",
+        "shop",
+        "patch",
+        "secret",
+        "db-password",
+        "--type=merge",
+        "-p",
         &format!(r#"{{"stringData":{{"password":"{}"}}}}"#, SECRET_VALUES[1]),
     ])
     .await;
@@ -250,16 +311,46 @@ async fn secret_created_and_updated(c: &LocalCluster) {
 /// A namespace deleted with its contents: the namespace controller empties it.
 async fn namespace_deleted_with_contents(c: &LocalCluster) {
     c.apply(None, &namespace_manifest("doomed")).await;
-    c.kubectl(&["-n", "doomed", "create", "deployment", "api", "--image=registry.local/api:3", "--replicas=2"])
-        .await;
-    c.kubectl(&["-n", "doomed", "create", "configmap", "settings", "--from-literal=mode=fast"]).await;
     c.kubectl(&[
-        "-n", "doomed", "create", "secret", "generic", "token",
+        "-n",
+        "doomed",
+        "create",
+        "deployment",
+        "api",
+        "--image=registry.local/api:3",
+        "--replicas=2",
+    ])
+    .await;
+    c.kubectl(&[
+        "-n",
+        "doomed",
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+    ])
+    .await;
+    c.kubectl(&[
+        "-n",
+        "doomed",
+        "create",
+        "secret",
+        "generic",
+        "token",
         &format!("--from-literal=token={}", SECRET_VALUES[2]),
     ])
     .await;
-    c.kubectl(&["-n", "doomed", "rollout", "status", "deployment/api", "--timeout=180s"]).await;
-    c.kubectl(&["delete", "namespace", "doomed", "--timeout=240s"]).await;
+    c.kubectl(&[
+        "-n",
+        "doomed",
+        "rollout",
+        "status",
+        "deployment/api",
+        "--timeout=180s",
+    ])
+    .await;
+    c.kubectl(&["delete", "namespace", "doomed", "--timeout=240s"])
+        .await;
 }
 
 fn attr<'a>(s: &'a ReceivedSpan, k: &str) -> &'a str {
@@ -271,7 +362,10 @@ fn object<'a>(spans: &'a [ReceivedSpan], resource: &str, ns: &str, name: &str) -
     spans
         .iter()
         .filter(|s| s.kind == OBJECT_KIND)
-        .filter(|s| attr(s, "kubetrail.object.resource") == resource && attr(s, "kubetrail.object.name") == name)
+        .filter(|s| {
+            attr(s, "kubetrail.object.resource") == resource
+                && attr(s, "kubetrail.object.name") == name
+        })
         .filter(|s| attr(s, "k8s.namespace.name") == ns || ns.is_empty())
         .min_by_key(|s| s.start_unix_nano)
         .unwrap_or_else(|| panic!("no object span for {resource} {ns}/{name}"))
@@ -283,7 +377,11 @@ fn assert_traces(spans: &[ReceivedSpan]) {
         .iter()
         .map(|s| ((s.trace_id.as_str(), s.span_id.as_str()), s))
         .collect();
-    assert_eq!(by_id.len(), spans.len(), "span ids are unique within their traces");
+    assert_eq!(
+        by_id.len(),
+        spans.len(),
+        "span ids are unique within their traces"
+    );
     let parent_of = |s: &ReceivedSpan| -> Option<&ReceivedSpan> {
         s.parent_span_id.as_deref().map(|p| {
             *by_id
@@ -300,28 +398,50 @@ fn assert_traces(spans: &[ReceivedSpan]) {
 
     // Deployment → ReplicaSets → Pods, one trace.
     let web = object(spans, "deployments", "shop", "web");
-    assert_eq!(web.parent_span_id, None, "the Deployment is its family's root");
+    assert_eq!(
+        web.parent_span_id, None,
+        "the Deployment is its family's root"
+    );
     let replicasets: Vec<&ReceivedSpan> = spans
         .iter()
         .filter(|s| s.kind == OBJECT_KIND && attr(s, "kubetrail.object.resource") == "replicasets")
         .filter(|s| attr(s, "k8s.namespace.name") == "shop")
         .collect();
-    let rs_names: BTreeSet<&str> = replicasets.iter().map(|s| attr(s, "kubetrail.object.name")).collect();
-    assert_eq!(rs_names.len(), 2, "the rollout made a second ReplicaSet: {rs_names:?}");
+    let rs_names: BTreeSet<&str> = replicasets
+        .iter()
+        .map(|s| attr(s, "kubetrail.object.name"))
+        .collect();
+    assert_eq!(
+        rs_names.len(),
+        2,
+        "the rollout made a second ReplicaSet: {rs_names:?}"
+    );
     for rs in &replicasets {
         assert_eq!(rs.trace_id, web.trace_id, "{} is in web's trace", rs.name);
-        assert_eq!(parent_of(rs).map(|p| p.span_id.as_str()), Some(web.span_id.as_str()));
+        assert_eq!(
+            parent_of(rs).map(|p| p.span_id.as_str()),
+            Some(web.span_id.as_str())
+        );
     }
     let pods: Vec<&ReceivedSpan> = spans
         .iter()
         .filter(|s| s.kind == OBJECT_KIND && attr(s, "kubetrail.object.resource") == "pods")
         .filter(|s| attr(s, "k8s.namespace.name") == "shop")
         .collect();
-    assert!(pods.len() >= 6, "2 + 2 scaled + replacements: {}", pods.len());
+    assert!(
+        pods.len() >= 6,
+        "2 + 2 scaled + replacements: {}",
+        pods.len()
+    );
     for p in &pods {
         assert_eq!(p.trace_id, web.trace_id, "{} is in web's trace", p.name);
         let owner = parent_of(p).unwrap_or_else(|| panic!("{} has no owner span", p.name));
-        assert_eq!(attr(owner, "kubetrail.object.resource"), "replicasets", "{}", p.name);
+        assert_eq!(
+            attr(owner, "kubetrail.object.resource"),
+            "replicasets",
+            "{}",
+            p.name
+        );
     }
     // The rolling update's image change is a diff on the Deployment's patch.
     let image_change = spans
@@ -330,11 +450,15 @@ fn assert_traces(spans: &[ReceivedSpan]) {
         .flat_map(|s| s.events.iter().map(move |e| (s, e)))
         .find(|(_, (name, a))| {
             name == "changed"
-                && a.get("path").map(String::as_str) == Some("spec.template.spec.containers[name=web].image")
+                && a.get("path").map(String::as_str)
+                    == Some("spec.template.spec.containers[name=web].image")
         })
         .unwrap_or_else(|| panic!("no image diff in web's trace"));
     assert_eq!(image_change.0.service_name, "kubectl");
-    assert_eq!(attr(image_change.0, "kubetrail.object.resource"), "deployments");
+    assert_eq!(
+        attr(image_change.0, "kubetrail.object.resource"),
+        "deployments"
+    );
     assert_eq!(image_change.1.1["old"], "registry.local/web:1.0");
     assert_eq!(image_change.1.1["new"], "registry.local/web:1.1");
 
@@ -348,17 +472,27 @@ fn assert_traces(spans: &[ReceivedSpan]) {
     assert!(!jobs.is_empty());
     for j in &jobs {
         assert_eq!(j.trace_id, cron.trace_id);
-        assert_eq!(parent_of(j).map(|p| p.span_id.as_str()), Some(cron.span_id.as_str()));
+        assert_eq!(
+            parent_of(j).map(|p| p.span_id.as_str()),
+            Some(cron.span_id.as_str())
+        );
     }
     let job_pods: Vec<&ReceivedSpan> = spans
         .iter()
         .filter(|s| s.kind == OBJECT_KIND && attr(s, "kubetrail.object.resource") == "pods")
         .filter(|s| attr(s, "k8s.namespace.name") == "batch-jobs")
         .collect();
-    assert!(job_pods.len() >= 2, "a failed Pod and its retry: {}", job_pods.len());
+    assert!(
+        job_pods.len() >= 2,
+        "a failed Pod and its retry: {}",
+        job_pods.len()
+    );
     for p in &job_pods {
         assert_eq!(p.trace_id, cron.trace_id);
-        assert_eq!(parent_of(p).map(|o| attr(o, "kubetrail.object.resource")), Some("jobs"));
+        assert_eq!(
+            parent_of(p).map(|o| attr(o, "kubetrail.object.resource")),
+            Some("jobs")
+        );
     }
 
     // StatefulSet → Pods, and its claims.
@@ -367,9 +501,20 @@ fn assert_traces(spans: &[ReceivedSpan]) {
     for name in ["db-0", "db-1"] {
         let p = object(spans, "pods", "data", name);
         assert_eq!(p.trace_id, db.trace_id);
-        assert_eq!(parent_of(p).map(|o| o.span_id.as_str()), Some(db.span_id.as_str()));
-        let claim = object(spans, "persistentvolumeclaims", "data", &format!("data-{name}"));
-        assert_eq!(claim.trace_id, db.trace_id, "the claim of {name} is in db's trace");
+        assert_eq!(
+            parent_of(p).map(|o| o.span_id.as_str()),
+            Some(db.span_id.as_str())
+        );
+        let claim = object(
+            spans,
+            "persistentvolumeclaims",
+            "data",
+            &format!("data-{name}"),
+        );
+        assert_eq!(
+            claim.trace_id, db.trace_id,
+            "the claim of {name} is in db's trace"
+        );
     }
 
     // The namespace was emptied by the namespace controller.
@@ -381,7 +526,8 @@ fn assert_traces(spans: &[ReceivedSpan]) {
     assert!(
         in_doomed
             .iter()
-            .any(|s| s.service_name == "namespace-controller" && attr(s, "kubetrail.audit.verb") == "deletecollection"),
+            .any(|s| s.service_name == "namespace-controller"
+                && attr(s, "kubetrail.audit.verb") == "deletecollection"),
         "namespace-controller's deletecollection in doomed"
     );
 
@@ -400,7 +546,10 @@ fn assert_traces(spans: &[ReceivedSpan]) {
         "namespace-controller",
         "persistent-volume-binder",
     ] {
-        assert!(services.contains(actor), "service {actor} missing from {services:?}");
+        assert!(
+            services.contains(actor),
+            "service {actor} missing from {services:?}"
+        );
     }
     // Every request span is a child of an object span of its own trace.
     for r in &requests {
@@ -419,7 +568,10 @@ fn assert_no_secret_values(what: &str, text: &str) {
 fn span_text(spans: &[ReceivedSpan]) -> String {
     let mut out = String::new();
     for s in spans {
-        out.push_str(&format!("{} {:?} {:?} {:?}\n", s.name, s.attributes, s.events, s.resource_attributes));
+        out.push_str(&format!(
+            "{} {:?} {:?} {:?}\n",
+            s.name, s.attributes, s.events, s.resource_attributes
+        ));
     }
     out
 }
@@ -454,9 +606,26 @@ async fn real_control_plane_traces_through_the_webhook_and_the_log_backend() {
     c.down();
     let lines = c.audit_lines();
     let logged = lines.len() as u64;
-    assert!(logged > 500, "a real run writes hundreds of events: {logged}");
+    // KUBETRAIL_E2E_KEEP=DIR keeps this run's audit logs (how testdata/cluster-capture/ was made).
+    if let Some(keep) = std::env::var_os("KUBETRAIL_E2E_KEEP") {
+        for (i, f) in c.audit_logs().iter().enumerate() {
+            std::fs::create_dir_all(&keep).unwrap();
+            std::fs::copy(
+                f,
+                Path::new(&keep).join(format!("apiserver-{}.audit.log", i + 1)),
+            )
+            .unwrap();
+        }
+    }
+    assert!(
+        logged > 500,
+        "a real run writes hundreds of events: {logged}"
+    );
     let got = accepted(&pki, &addr).await;
-    assert_eq!(got, logged, "serve accepted exactly the events the API servers logged");
+    assert_eq!(
+        got, logged,
+        "serve accepted exactly the events the API servers logged"
+    );
 
     // SIGTERM drains serve's queue and flushes its exporter.
     let status = terminate(&mut serve).await;
@@ -464,7 +633,11 @@ async fn real_control_plane_traces_through_the_webhook_and_the_log_backend() {
     let serve_stderr = serve_log.await.unwrap();
     let exported = otlp.spans();
     let from_file = parse_otlp_json_lines(&std::fs::read_to_string(&serve_json).unwrap()).unwrap();
-    assert_eq!(id_set(&from_file), id_set(&exported), "OTLP/JSON file = OTLP export");
+    assert_eq!(
+        id_set(&from_file),
+        id_set(&exported),
+        "OTLP/JSON file = OTLP export"
+    );
     assert_traces(&exported);
 
     // No Secret value anywhere: not in the audit logs (the policy keeps Secrets at Metadata),
@@ -473,11 +646,15 @@ async fn real_control_plane_traces_through_the_webhook_and_the_log_backend() {
         assert_no_secret_values("the audit log", l);
     }
     assert_no_secret_values("the exported spans", &span_text(&exported));
-    assert_no_secret_values("the OTLP/JSON file", &std::fs::read_to_string(&serve_json).unwrap());
+    assert_no_secret_values(
+        "the OTLP/JSON file",
+        &std::fs::read_to_string(&serve_json).unwrap(),
+    );
     assert_no_secret_values("serve's log", &serve_stderr);
 
     // The log backend gives the same trace and span ids as the webhook.
-    let (replayed, replay_stderr) = replay(&c.audit_logs(), &work.path().join("replay.otlp.jsonl")).await;
+    let (replayed, replay_stderr) =
+        replay(&c.audit_logs(), &work.path().join("replay.otlp.jsonl")).await;
     assert_no_secret_values("replay's log", &replay_stderr);
     let served = id_set(&exported);
     let from_logs = id_set(&replayed);
@@ -495,5 +672,135 @@ async fn real_control_plane_traces_through_the_webhook_and_the_log_backend() {
             .collect()
     };
     assert_eq!(names(&replayed), names(&exported));
-    let _ = Duration::ZERO;
+}
+
+/// The "N events processed" of serve's last line.
+fn processed(stderr: &str) -> u64 {
+    stderr
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let (_, rest) = l.split_once("queued events: ")?;
+            rest.split_whitespace().next()?.parse().ok()
+        })
+        .unwrap_or_else(|| panic!("no 'events processed' in serve's log:\n{stderr}"))
+}
+
+/// A free loopback port (serve must come back on the same address the API servers send to).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `apiserver_audit_*` counters of API server I, from its /metrics.
+async fn audit_metrics(c: &LocalCluster, i: usize) -> BTreeMap<String, f64> {
+    let ctx = format!("apiserver-{i}");
+    let out = c
+        .kubectl_on(Some(&ctx), &["get", "--raw", "/metrics"], None)
+        .await;
+    assert!(out.ok, "{}", out.stderr);
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("apiserver_audit_"))
+        .filter_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            Some((k.to_owned(), v.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_buffers_and_retries_while_serve_is_stopped() {
+    let pki = Pki::new();
+    let work = tempfile::tempdir().unwrap();
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let (mut serve, addr, log1) = start_serve(
+        &pki,
+        &otlp.grpc_endpoint(),
+        &work.path().join("a.jsonl"),
+        &listen,
+    )
+    .await;
+    let webhook = Webhook {
+        url: format!("https://{addr}/audit/local"),
+        token: TOKEN.into(),
+        ca: pki.ca_file.clone(),
+    };
+    let mut c = LocalCluster::up(&work.path().join("cluster"), 1, Some(&webhook)).await;
+    c.kubectl(&["create", "namespace", "outage"]).await;
+
+    // serve stops (draining what it accepted); the API server's batches now fail.
+    assert!(terminate(&mut serve).await.success());
+    let before = processed(&log1.await.unwrap());
+    for i in 0..20 {
+        c.kubectl(&[
+            "-n",
+            "outage",
+            "create",
+            "configmap",
+            &format!("during-outage-{i}"),
+            "--from-literal=k=v",
+        ])
+        .await;
+    }
+    // The outage is seen by the API server: its webhook sends fail.
+    c.wait_for(
+        "a failed webhook send in the API server's log",
+        &["get", "--raw", "/readyz"],
+        |_| {
+            c.log("apiserver-1")
+                .contains("Error in audit plugin 'webhook'")
+        },
+    )
+    .await;
+    let (mut serve, addr2, log2) = start_serve(
+        &pki,
+        &otlp.grpc_endpoint(),
+        &work.path().join("b.jsonl"),
+        &listen,
+    )
+    .await;
+    assert_eq!(addr2, addr);
+    c.kubectl(&[
+        "-n",
+        "outage",
+        "create",
+        "configmap",
+        "after-outage",
+        "--from-literal=k=v",
+    ])
+    .await;
+    let metrics = audit_metrics(&c, 1).await;
+    c.down();
+    let logged = c.audit_lines().len() as u64;
+    assert!(terminate(&mut serve).await.success());
+    let after = processed(&log2.await.unwrap());
+    let created: BTreeSet<String> = otlp
+        .spans()
+        .iter()
+        .filter(|s| s.kind == REQUEST_KIND && attr(s, "kubetrail.audit.verb") == "create")
+        .filter(|s| {
+            attr(s, "kubetrail.object.resource") == "configmaps"
+                && attr(s, "k8s.namespace.name") == "outage"
+        })
+        .map(|s| attr(s, "kubetrail.object.name").to_owned())
+        .collect();
+    eprintln!("apiserver_audit_* before shutdown: {metrics:#?}");
+    eprintln!("logged {logged}, accepted before the outage {before}, by the second serve {after}");
+    for i in 0..20 {
+        assert!(
+            created.contains(&format!("during-outage-{i}")),
+            "during-outage-{i} lost: {created:?}"
+        );
+    }
+    assert!(created.contains("after-outage"));
+    assert_eq!(
+        before + after,
+        logged,
+        "every logged event reached one of the two serves"
+    );
 }

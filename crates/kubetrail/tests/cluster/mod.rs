@@ -90,7 +90,12 @@ impl LocalCluster {
     }
 
     /// kubectl with the admin kubeconfig; `context` picks an API server (None: apiserver-1).
-    pub async fn kubectl_on(&self, context: Option<&str>, args: &[&str], stdin: Option<&str>) -> Output {
+    pub async fn kubectl_on(
+        &self,
+        context: Option<&str>,
+        args: &[&str],
+        stdin: Option<&str>,
+    ) -> Output {
         let mut cmd = Command::new(self.bin.join("kubectl"));
         cmd.arg("--kubeconfig").arg(&self.kubeconfig);
         if let Some(c) = context {
@@ -125,7 +130,11 @@ impl LocalCluster {
     /// kubectl ARGS on apiserver-1; panics with its stderr when it fails.
     pub async fn kubectl(&self, args: &[&str]) -> String {
         let out = self.kubectl_on(None, args, None).await;
-        assert!(out.ok, "kubectl {args:?} failed:\n{}{}", out.stdout, out.stderr);
+        assert!(
+            out.ok,
+            "kubectl {args:?} failed:\n{}{}",
+            out.stdout, out.stderr
+        );
         out.stdout
     }
 
@@ -134,7 +143,11 @@ impl LocalCluster {
         let out = self
             .kubectl_on(context, &["apply", "-f", "-"], Some(manifest))
             .await;
-        assert!(out.ok, "kubectl apply failed:\n{}{}\n{manifest}", out.stdout, out.stderr);
+        assert!(
+            out.ok,
+            "kubectl apply failed:\n{}{}\n{manifest}",
+            out.stdout, out.stderr
+        );
         out.stdout
     }
 
@@ -165,15 +178,21 @@ impl LocalCluster {
     pub fn audit_lines(&self) -> Vec<String> {
         let mut lines = Vec::new();
         for f in self.audit_logs() {
-            let text = std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
-            lines.extend(text.lines().filter(|l| !l.trim().is_empty()).map(str::to_owned));
+            let text =
+                std::fs::read_to_string(&f).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+            lines.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(str::to_owned),
+            );
         }
         lines
     }
 
     /// A component's log, `DIR/logs/NAME.log`.
     pub fn log(&self, name: &str) -> String {
-        std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log"))).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("logs").join(format!("{name}.log")))
+            .unwrap_or_default()
     }
 
     /// `local-cluster.sh down`: the API servers flush their webhook buffers on SIGTERM.
