@@ -15,7 +15,8 @@
 # kubeconfig: context "apiserver-I" names API server I, the current context is apiserver-1.
 # kube-controller-manager talks to apiserver-1, kube-scheduler and the kubelet to apiserver-N (as
 # on an HA control plane, where each node's components use their local API server).
-# Logs: DIR/logs/*.log. `up` prints `ready` on its last line once every API server answers
+# Loopback advertise addresses need --endpoint-reconciler-type=none (the kubernetes Service has
+# no endpoints; nothing here runs in a Pod). Logs: DIR/logs/*.log. `up` prints `ready` on its last line once every API server answers
 # /readyz and node-1 is Ready.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
@@ -263,7 +264,7 @@ for i in $(seq 1 "$apiservers"); do
         --client-ca-file="$pki/ca.crt" \
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$pki/sa.pub" --service-account-signing-key-file="$pki/sa.key" \
-        --service-cluster-ip-range=10.96.0.0/16 \
+        --service-cluster-ip-range=10.96.0.0/16 --endpoint-reconciler-type=none \
         --authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
         --profiling=false \
         --audit-policy-file="$repo/audit-policy/policy.yaml" \
