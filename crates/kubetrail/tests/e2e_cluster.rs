@@ -42,7 +42,7 @@ async fn start_serve(
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     let (child, rest, stderr) = spawn_until(
         &[
-            "--log",
+            "--log-level",
             "info",
             "serve",
             "--listen",
@@ -389,6 +389,19 @@ fn assert_traces(spans: &[ReceivedSpan]) {
                 .unwrap_or_else(|| panic!("span {} has a parent that was not exported", s.name))
         })
     };
+    // The top of a span's tree (a family spans several trace windows: one trace per window).
+    let root_of = |s: &ReceivedSpan| -> (String, String, String) {
+        let mut at = s;
+        while let Some(p) = parent_of(at) {
+            at = p;
+        }
+        (
+            attr(at, "kubetrail.object.resource").to_owned(),
+            attr(at, "k8s.namespace.name").to_owned(),
+            attr(at, "kubetrail.object.name").to_owned(),
+        )
+    };
+    let family = |r: &str, ns: &str, n: &str| (r.to_owned(), ns.to_owned(), n.to_owned());
     // Every object span's parent is its owner's object span, in the same trace.
     for s in spans.iter().filter(|s| s.kind == OBJECT_KIND) {
         if let Some(p) = parent_of(s) {
@@ -417,11 +430,9 @@ fn assert_traces(spans: &[ReceivedSpan]) {
         "the rollout made a second ReplicaSet: {rs_names:?}"
     );
     for rs in &replicasets {
-        assert_eq!(rs.trace_id, web.trace_id, "{} is in web's trace", rs.name);
-        assert_eq!(
-            parent_of(rs).map(|p| p.span_id.as_str()),
-            Some(web.span_id.as_str())
-        );
+        let owner = parent_of(rs).unwrap_or_else(|| panic!("{} has no owner span", rs.name));
+        assert_eq!(attr(owner, "kubetrail.object.resource"), "deployments");
+        assert_eq!(root_of(rs), family("deployments", "shop", "web"));
     }
     let pods: Vec<&ReceivedSpan> = spans
         .iter()
@@ -434,7 +445,12 @@ fn assert_traces(spans: &[ReceivedSpan]) {
         pods.len()
     );
     for p in &pods {
-        assert_eq!(p.trace_id, web.trace_id, "{} is in web's trace", p.name);
+        assert_eq!(
+            root_of(p),
+            family("deployments", "shop", "web"),
+            "{}",
+            p.name
+        );
         let owner = parent_of(p).unwrap_or_else(|| panic!("{} has no owner span", p.name));
         assert_eq!(
             attr(owner, "kubetrail.object.resource"),
@@ -446,7 +462,7 @@ fn assert_traces(spans: &[ReceivedSpan]) {
     // The rolling update's image change is a diff on the Deployment's patch.
     let image_change = spans
         .iter()
-        .filter(|s| s.kind == REQUEST_KIND && s.trace_id == web.trace_id)
+        .filter(|s| s.kind == REQUEST_KIND && root_of(s) == family("deployments", "shop", "web"))
         .flat_map(|s| s.events.iter().map(move |e| (s, e)))
         .find(|(_, (name, a))| {
             name == "changed"
@@ -463,19 +479,21 @@ fn assert_traces(spans: &[ReceivedSpan]) {
     assert_eq!(image_change.1.1["new"], "registry.local/web:1.1");
 
     // CronJob → Job → Pods (one failed, one succeeded).
-    let cron = object(spans, "cronjobs", "batch-jobs", "backup");
-    assert_eq!(cron.parent_span_id, None);
+    assert_eq!(
+        object(spans, "cronjobs", "batch-jobs", "backup").parent_span_id,
+        None
+    );
     let jobs: Vec<&ReceivedSpan> = spans
         .iter()
         .filter(|s| s.kind == OBJECT_KIND && attr(s, "kubetrail.object.resource") == "jobs")
         .collect();
     assert!(!jobs.is_empty());
     for j in &jobs {
-        assert_eq!(j.trace_id, cron.trace_id);
         assert_eq!(
-            parent_of(j).map(|p| p.span_id.as_str()),
-            Some(cron.span_id.as_str())
+            parent_of(j).map(|p| attr(p, "kubetrail.object.resource")),
+            Some("cronjobs")
         );
+        assert_eq!(root_of(j), family("cronjobs", "batch-jobs", "backup"));
     }
     let job_pods: Vec<&ReceivedSpan> = spans
         .iter()
@@ -488,7 +506,7 @@ fn assert_traces(spans: &[ReceivedSpan]) {
         job_pods.len()
     );
     for p in &job_pods {
-        assert_eq!(p.trace_id, cron.trace_id);
+        assert_eq!(root_of(p), family("cronjobs", "batch-jobs", "backup"));
         assert_eq!(
             parent_of(p).map(|o| attr(o, "kubetrail.object.resource")),
             Some("jobs")
@@ -500,11 +518,11 @@ fn assert_traces(spans: &[ReceivedSpan]) {
     assert_eq!(db.parent_span_id, None);
     for name in ["db-0", "db-1"] {
         let p = object(spans, "pods", "data", name);
-        assert_eq!(p.trace_id, db.trace_id);
         assert_eq!(
-            parent_of(p).map(|o| o.span_id.as_str()),
-            Some(db.span_id.as_str())
+            parent_of(p).map(|o| attr(o, "kubetrail.object.resource")),
+            Some("statefulsets")
         );
+        assert_eq!(root_of(p), family("statefulsets", "data", "db"));
         let claim = object(
             spans,
             "persistentvolumeclaims",
@@ -512,8 +530,9 @@ fn assert_traces(spans: &[ReceivedSpan]) {
             &format!("data-{name}"),
         );
         assert_eq!(
-            claim.trace_id, db.trace_id,
-            "the claim of {name} is in db's trace"
+            root_of(claim),
+            family("statefulsets", "data", "db"),
+            "the claim of {name}"
         );
     }
 
