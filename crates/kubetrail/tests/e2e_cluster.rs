@@ -855,16 +855,30 @@ async fn api_server_buffers_and_retries_while_serve_is_stopped() {
         .collect();
     eprintln!("apiserver_audit_* before shutdown: {metrics:#?}");
     eprintln!("logged {logged}, accepted before the outage {before}, by the second serve {after}");
-    for i in 0..20 {
-        assert!(
-            created.contains(&format!("during-outage-{i}")),
-            "during-outage-{i} lost: {created:?}"
-        );
-    }
-    assert!(created.contains("after-outage"));
+    // What kube-apiserver really does: its batch backend retries a failed send with backoff
+    // (--audit-webhook-initial-backoff=1s) a bounded number of times, then drops the batch and
+    // counts it in apiserver_audit_error_total{plugin="webhook"}; later batches are delivered
+    // once serve is back. So no loss is silent: every logged event reached a serve or is
+    // counted as a webhook error by the API server.
+    let dropped = metrics
+        .get("apiserver_audit_error_total{plugin=\"webhook\"}")
+        .copied()
+        .unwrap_or(0.0) as u64;
     assert_eq!(
-        before + after,
+        before + after + dropped,
         logged,
-        "every logged event reached one of the two serves"
+        "accepted by the first serve + by the second + counted as dropped by the API server"
     );
+    let during = (0..20)
+        .filter(|i| created.contains(&format!("during-outage-{i}")))
+        .count() as u64;
+    assert!(
+        during > 0,
+        "batches retried after the outage arrived: {created:?}"
+    );
+    assert!(
+        during + dropped >= 20,
+        "each configmap of the outage arrived or is among the events the API server dropped"
+    );
+    assert!(created.contains("after-outage"));
 }
