@@ -45,6 +45,7 @@ ldflags="-s -w"
 for pkg in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
     ldflags+=" -X $pkg.gitVersion=$version -X $pkg.gitMajor=1 -X $pkg.gitMinor=$minor"
     ldflags+=" -X $pkg.gitTreeState=clean -X $pkg.buildDate=2026-01-01T00:00:00Z"
+    ldflags+=" -X $pkg.gitCommit=0000000000000000000000000000000000000000"
 done
 ldflags+=" -X main.kubeletVersion=$version"
 
