@@ -39,3 +39,15 @@ kafka:
 # A local Jaeger v2 all-in-one (OTLP on 4317/4318, UI and query API on 16686), in memory.
 jaeger:
     "$(bash scripts/install-jaeger.sh)"
+
+# A real control plane (2 kube-apiservers, controller manager, scheduler, a node) sending its
+# audit webhook to `kubetrail serve`, exporting to Jaeger (http://127.0.0.1:16686).
+cluster:
+    bash scripts/cluster-demo.sh
+
+# The end-to-end tests on a real control plane (kube-apiserver ×2, controller manager,
+# scheduler, etcd, a node agent, built from source by scripts/install-k8s.sh: ~20 min the
+# first time on 2 cores). Not part of `cargo test --workspace` yet (see ARCHITECTURE.md).
+cluster-test:
+    bash scripts/install-k8s.sh
+    cargo test --workspace --locked --test e2e_cluster -- --ignored --nocapture
