@@ -17,6 +17,8 @@
 #![warn(missing_docs)]
 
 mod decode;
+pub mod inputs;
+pub mod merge;
 mod reader;
 
 pub use decode::{ItemError, decode_event_list};

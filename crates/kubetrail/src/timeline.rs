@@ -91,6 +91,7 @@ pub async fn run(args: TimelineArgs) -> anyhow::Result<ExitCode> {
     };
     let run = run_files(
         &args.files,
+        crate::replay::ReadOrder::default(),
         &args.pipeline,
         |_| Ok(vec![Box::new(sink) as Box<dyn SpanSink>]),
         std::time::Duration::ZERO,
