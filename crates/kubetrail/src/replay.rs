@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -219,8 +218,10 @@ pub(crate) async fn run_files(
     let reader_bar = bar.clone();
     let mut outcome = tokio::task::spawn_blocking(move || {
         let readers = chains.iter().map(ChainReader::new).collect();
+        // Sequential: as read, no look-ahead (the behaviour before merging by time).
+        let lookahead = if read.sequential { 1 } else { read.lookahead };
         read_all(
-            TimeMerge::new(readers, read.lookahead),
+            TimeMerge::new(readers, lookahead),
             &cluster,
             producer,
             &rt,
