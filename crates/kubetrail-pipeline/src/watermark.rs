@@ -434,9 +434,7 @@ impl Sequencer {
             (Some(w), Some(fl)) => Some(w.max(fl)),
             (w, fl) => w.or(fl),
         };
-        let Some(w) = w else {
-            return None;
-        };
+        let w = w?;
         while let Some(entry) = self.aside.first_entry() {
             if entry.key().time > w {
                 break;

@@ -75,6 +75,9 @@ pub fn rotated_name(file_name: &str) -> Option<(String, String)> {
     None
 }
 
+/// A file of a chain: its rotation stamp (`None` for the live file) and its path.
+type RotatedFile = (Option<String>, String);
+
 fn is_glob(s: &str) -> bool {
     s.contains(['*', '?', '['])
 }
@@ -134,7 +137,7 @@ pub fn expand(args: &[String]) -> Result<Vec<InputChain>, InputsError> {
     }
     // Group by (directory, live name); keep first-seen order of groups.
     let mut order: Vec<(PathBuf, String)> = Vec::new();
-    let mut groups: BTreeMap<(PathBuf, String), Vec<(Option<String>, String)>> = BTreeMap::new();
+    let mut groups: BTreeMap<(PathBuf, String), Vec<RotatedFile>> = BTreeMap::new();
     let mut stdin = 0usize;
     for path in paths {
         let (key, stamp) = if path == "-" {
