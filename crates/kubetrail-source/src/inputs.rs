@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 /// Why the inputs could not be listed.
 #[derive(Debug, thiserror::Error)]
 pub enum InputsError {
-    /// The path does not exist and is no glob that matches anything.
-    #[error("no such file, directory or matching glob: {0}")]
+    /// A glob that matches no file.
+    #[error("no file matches {0}")]
     NotFound(String),
     /// A glob pattern is invalid.
     #[error("invalid glob {pattern}: {reason}")]
@@ -114,9 +114,7 @@ pub fn expand(args: &[String]) -> Result<Vec<InputChain>, InputsError> {
         if p.is_dir() {
             paths.extend(list_dir(p)?.into_iter().map(|f| f.display().to_string()));
         } else if p.exists() || !is_glob(arg) {
-            if !p.exists() {
-                return Err(InputsError::NotFound(arg.clone()));
-            }
+            // A missing plain path fails when it is opened, with the OS's reason.
             paths.push(arg.clone());
         } else {
             let matches = glob::glob(arg).map_err(|e| InputsError::Glob {
@@ -248,9 +246,10 @@ mod tests {
             expand(&[format!("{root}/nothing*.log")]),
             Err(InputsError::NotFound(_))
         ));
-        assert!(matches!(
-            expand(&[format!("{root}/missing.log")]),
-            Err(InputsError::NotFound(_))
-        ));
+        // A plain path that does not exist is kept: opening it gives the OS's error.
+        assert_eq!(
+            expand(&[format!("{root}/missing.log")]).unwrap()[0].files,
+            [format!("{root}/missing.log")]
+        );
     }
 }
