@@ -50,7 +50,8 @@ pub struct OrderConfig {
     /// lateness above it). It is also the latency it adds to request spans in live modes.
     #[serde(with = "humantime_serde")]
     pub lateness: Duration,
-    /// A source never holds time back more than this behind wall time (live modes).
+    /// A source silent this long no longer holds time back more than this behind wall time
+    /// (live modes).
     #[serde(with = "humantime_serde")]
     pub max_lag: Duration,
     /// A source that sent nothing for this long (wall time) is forgotten (live modes).
@@ -402,12 +403,18 @@ impl Sequencer {
             .values()
             .filter(|s| s.expected || s.time != UnixNanos::MIN)
             .map(|s| match (now, s.arrival) {
-                // Live: the source's clock runs on since it was last heard, and it never
-                // holds time back more than `max_lag`.
-                (Some(n), Some(a)) if s.time != UnixNanos::MIN => s
-                    .time
-                    .saturating_add(n.saturating_sub(a).max(0))
-                    .max(n.saturating_sub(lag)),
+                // Live: the source's clock runs on since it was last heard, and it no longer
+                // holds time back more than `max_lag` once it has been silent that long (a
+                // server sending old events steadily — a backlog — is followed at its pace).
+                (Some(n), Some(a)) if s.time != UnixNanos::MIN => {
+                    let silent = n.saturating_sub(a).max(0);
+                    let at = s.time.saturating_add(silent);
+                    if silent > lag {
+                        at.max(n.saturating_sub(lag))
+                    } else {
+                        at
+                    }
+                }
                 (Some(n), _) => n.saturating_sub(lag),
                 (None, _) => s.time,
             })

@@ -427,11 +427,18 @@ mod tests {
         let (exporter, _task) = Exporter::spawn(vec![Box::new(sink)], config);
         let (producer, consumer) = kubetrail_queue::embedded::channel(100);
         // An event from long ago (1970): the first wall-clock tick is far past its linger.
+        // No lag allowance: the 1970 source is not waited for once wall time moves on.
         let worker = Worker::new(
             consumer,
             Pipeline::new(Default::default()),
             exporter,
-            WorkerConfig::default(),
+            WorkerConfig {
+                order: OrderConfig {
+                    max_lag: Duration::ZERO,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         );
         let _worker = tokio::spawn(worker.run(std::future::pending()));
         use kubetrail_queue::AuditProducer;
