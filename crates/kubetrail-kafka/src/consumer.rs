@@ -173,7 +173,8 @@ impl Drop for Outstanding {
     }
 }
 
-/// A batch of consecutive messages of one partition and one cluster, not yet parsed.
+/// A batch of consecutive messages of one partition, one cluster and one source, not yet
+/// parsed.
 #[derive(Debug)]
 pub(crate) struct RawBatch {
     cluster: Option<String>,
@@ -697,7 +698,11 @@ impl ConsumerCtx {
         }
         ps.shared.at_eof.store(false, Ordering::Release);
         let full = ps.building.as_ref().is_some_and(|b| {
-            b.messages.len() >= self.config.max_batch_events || b.cluster != raw.cluster
+            // One batch is one cluster and one source (API server): the worker orders events
+            // by event time per source (see `kubetrail_pipeline::watermark`).
+            b.messages.len() >= self.config.max_batch_events
+                || b.cluster != raw.cluster
+                || b.messages.first().is_some_and(|m| m.source != raw.source)
         });
         if full {
             close_batch(ps);

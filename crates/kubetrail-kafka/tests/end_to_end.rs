@@ -213,7 +213,11 @@ async fn a_live_consumer_catches_up_on_event_time_then_emits_with_the_wall_clock
         handle,
         WorkerConfig {
             tick: Some(std::time::Duration::from_millis(1)),
-            lateness: std::time::Duration::ZERO,
+            order: kubetrail_pipeline::watermark::OrderConfig {
+                lateness: std::time::Duration::ZERO,
+                max_lag: std::time::Duration::ZERO,
+                ..Default::default()
+            },
         },
     )
     .unwrap();

@@ -10,6 +10,7 @@
 
 mod kube_event;
 mod stages;
+pub mod watermark;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -103,6 +104,9 @@ pub struct PipelineStats {
     /// Kubernetes Event requests that named no object we could find (deletes of Events,
     /// patches of Events never seen created): counted, not exported.
     pub kube_events_unplaced: u64,
+    /// Requests processed after time had passed them (see [`watermark`]), marked
+    /// `kubetrail.late` on their span.
+    pub late: u64,
     /// Aggregation counters.
     pub aggregate: AggregatorStats,
 }
@@ -124,6 +128,8 @@ pub struct Pipeline {
     released: Vec<(String, AuditEvent)>,
     kube_events: kube_event::EventIndex,
     decorator: Decorator,
+    /// The request being processed arrived late (set around `process`).
+    late_now: bool,
 }
 
 /// Kinds of bodies that are not the object a request was about.
@@ -152,6 +158,7 @@ impl Pipeline {
             released: Vec::new(),
             kube_events: kube_event::EventIndex::new(50_000),
             decorator: Decorator::new(config.decorate),
+            late_now: false,
         }
     }
 
@@ -179,7 +186,19 @@ impl Pipeline {
     }
 
     /// Processes one event from `cluster`, appending the spans it completes to `out`.
-    pub fn push(&mut self, cluster: &str, mut event: AuditEvent, out: &mut Vec<SpanRecord>) {
+    pub fn push(&mut self, cluster: &str, event: AuditEvent, out: &mut Vec<SpanRecord>) {
+        self.push_marked(cluster, event, false, out);
+    }
+
+    /// Processes one event released by a [`watermark::Sequencer`]; `late` when it arrived
+    /// after the watermark had passed its time (its request span says so).
+    pub fn push_marked(
+        &mut self,
+        cluster: &str,
+        mut event: AuditEvent,
+        late: bool,
+        out: &mut Vec<SpanRecord>,
+    ) {
         self.stats.events_in += 1;
         // Before anything else reads, holds or logs the bodies.
         let redaction = self.decorator.redact_report(&mut event);
@@ -195,7 +214,11 @@ impl Pipeline {
         }
         let mut evicted = std::mem::take(&mut self.released);
         match self.merger.offer(cluster, event, &mut evicted) {
-            Offer::Complete(e) => self.process(cluster, &e, false, out),
+            Offer::Complete(e) => {
+                self.late_now = late;
+                self.process(cluster, &e, false, out);
+                self.late_now = false;
+            }
             Offer::Held => {}
             Offer::Duplicate => self.stats.duplicates += 1,
         }
@@ -505,6 +528,13 @@ impl Pipeline {
             place
                 .secondary
                 .push(kubetrail_aggregate::SecondaryLink { rule, target, root });
+        }
+        if self.late_now {
+            self.stats.late += 1;
+            place.attributes.push((
+                kubetrail_model::AttrKey::Borrowed("kubetrail.late"),
+                kubetrail_model::AttrValue::Bool(true),
+            ));
         }
         let decoration = self.decorator.decorate(cluster, &place.object, event);
         self.describe(&decoration, event, &mut place);

@@ -504,7 +504,10 @@ async fn receive(
 
     let accepted = events.len();
     if accepted > 0 {
-        publish(s, cluster, remote, events).await?;
+        let source = batch_source(parts.uri.query(), remote).map_err(|reason| {
+            Rejection::new(StatusCode::BAD_REQUEST, reason).events(accepted, "bad_source")
+        })?;
+        publish(s, cluster, source, events).await?;
         metrics::counter!(EVENTS_ACCEPTED, "cluster" => cluster.to_owned())
             .increment(accepted as u64);
     }
@@ -603,17 +606,46 @@ fn admit(
     Ok(())
 }
 
+/// Which API server sent a batch, for ordering by event time (each server is a source of
+/// its own, see `kubetrail_pipeline::watermark`): the `source` query parameter when the
+/// webhook URL names one (`https://kubetrail:8443/audit/prod?source=apiserver-1` in the
+/// server's webhook kubeconfig), else the client's IP address (not its port: one API
+/// server opens several connections).
+pub(crate) fn batch_source(
+    query: Option<&str>,
+    remote: Option<std::net::SocketAddr>,
+) -> Result<Option<String>, String> {
+    for pair in query.unwrap_or("").split('&') {
+        let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+        if key != "source" {
+            continue;
+        }
+        let ok = !value.is_empty()
+            && value.len() <= 253
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':'));
+        if !ok {
+            return Err(format!(
+                "invalid source {value:?}: 1 to 253 characters of [A-Za-z0-9-._:]"
+            ));
+        }
+        return Ok(Some(value.to_owned()));
+    }
+    Ok(remote.map(|r| r.ip().to_string()))
+}
+
 async fn publish(
     s: &AppState,
     cluster: &str,
-    remote: Option<std::net::SocketAddr>,
+    source: Option<String>,
     events: Vec<AuditEvent>,
 ) -> Result<(), Rejection> {
     let n = events.len();
     let batch = AuditBatch {
         cluster: cluster.to_owned(),
         received_at: now_unix_nanos(),
-        source: remote.map(|r| r.to_string()),
+        source,
         events,
     };
     let unavailable = |message: String, retry_after: Duration, reason: &'static str| {
@@ -1022,6 +1054,26 @@ impl Rejection {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_batch_source_is_the_named_source_else_the_client_ip() {
+        let remote: std::net::SocketAddr = "10.0.0.7:51234".parse().unwrap();
+        assert_eq!(
+            batch_source(Some("source=apiserver-1"), Some(remote)),
+            Ok(Some("apiserver-1".into()))
+        );
+        assert_eq!(
+            batch_source(Some("x=1&source=a.b_c:2"), None),
+            Ok(Some("a.b_c:2".into()))
+        );
+        assert_eq!(
+            batch_source(None, Some(remote)),
+            Ok(Some("10.0.0.7".into()))
+        );
+        assert_eq!(batch_source(Some("other=1"), None), Ok(None));
+        assert!(batch_source(Some("source="), Some(remote)).is_err());
+        assert!(batch_source(Some("source=a%20b"), Some(remote)).is_err());
+    }
 
     #[test]
     fn retry_after_rounds_up() {

@@ -21,6 +21,8 @@
 pub mod cloud;
 mod decode;
 mod framing;
+pub mod inputs;
+pub mod merge;
 mod reader;
 
 pub use decode::{ItemError, decode_event_list};

@@ -10,6 +10,13 @@
 //! quiet has its object spans emitted even when no further events arrive — but only while the
 //! queue is [caught up](AuditConsumer::caught_up): a backlog is processed on its events' own
 //! time. Replays do not tick: their clock is the events' own.
+//!
+//! Between the queue and the pipeline sits a [`Sequencer`]: events are released to the
+//! pipeline in event-time order once the watermark (the slowest source's time minus the
+//! lateness) has passed them, so several API servers' interleaved, skewed streams give the
+//! spans of one merged stream (see `kubetrail_pipeline::watermark`). A batch's source is its
+//! [`AuditBatch::source`](kubetrail_queue::AuditBatch) (webhook client, Kafka source header),
+//! else its cluster.
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -18,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kubetrail_export::{ExporterClosed, ExporterHandle};
 use kubetrail_model::{SpanRecord, UnixNanos};
+use kubetrail_pipeline::watermark::{OrderConfig, OrderStats, Sequencer};
 use kubetrail_pipeline::{Pipeline, PipelineStats};
 use kubetrail_queue::{AuditConsumer, Received};
 
@@ -27,16 +35,15 @@ pub struct WorkerConfig {
     /// Advance the pipeline's clock with wall time this often (live sources); `None` for
     /// replays, whose clock is the events' own.
     pub tick: Option<Duration>,
-    /// How far behind wall time the clock is held when ticking, so that events arriving a
-    /// little late (API server batching, webhook retries) still find their family open.
-    pub lateness: Duration,
+    /// Event-time ordering across sources: lateness, idle sources, far-ahead events.
+    pub order: OrderConfig,
 }
 
 impl Default for WorkerConfig {
     fn default() -> Self {
         WorkerConfig {
             tick: Some(Duration::from_secs(1)),
-            lateness: Duration::from_secs(10),
+            order: OrderConfig::default(),
         }
     }
 }
@@ -48,6 +55,8 @@ pub struct WorkerReport {
     pub batches: u64,
     /// The pipeline's counters.
     pub pipeline: PipelineStats,
+    /// What ordering by event time did (late, far-ahead, reordered events).
+    pub order: OrderStats,
 }
 
 /// Runs the pipeline over everything a consumer yields.
@@ -57,6 +66,8 @@ pub struct Worker<C> {
     exporter: ExporterHandle,
     config: WorkerConfig,
     published: PipelineStats,
+    sequencer: Sequencer,
+    published_order: OrderStats,
 }
 
 async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
@@ -84,11 +95,13 @@ impl<C: AuditConsumer> Worker<C> {
         config: WorkerConfig,
     ) -> Self {
         Worker {
+            sequencer: Sequencer::new(&config.order),
             consumer,
             pipeline,
             exporter,
             config,
             published: PipelineStats::default(),
+            published_order: OrderStats::default(),
         }
     }
 
@@ -105,7 +118,7 @@ impl<C: AuditConsumer> Worker<C> {
             i.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             i
         });
-        let lateness = i64::try_from(self.config.lateness.as_nanos()).unwrap_or(i64::MAX);
+        let live = self.config.tick.is_some();
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -114,9 +127,13 @@ impl<C: AuditConsumer> Worker<C> {
                 received = self.consumer.recv() => {
                     let Some(Received { batch, ack }) = received else { break };
                     report.batches += 1;
+                    // Wall time only while caught up: a backlog is ordered on its own time.
+                    let now = (live && self.consumer.caught_up()).then(wall_now);
+                    let source = batch.source.as_deref().unwrap_or(&batch.cluster);
                     for event in batch.events {
-                        self.pipeline.push(&batch.cluster, event, &mut out);
+                        self.sequencer.push(source, &batch.cluster, event, now);
                     }
+                    self.release(now, &mut out);
                     let delivery = self.exporter.submit(std::mem::take(&mut out)).await?;
                     // Acknowledge once delivered. Spans the exporter dropped on purpose were
                     // counted and logged there: acknowledged, so they are not redelivered
@@ -143,7 +160,7 @@ impl<C: AuditConsumer> Worker<C> {
                     if !self.consumer.caught_up() {
                         continue;
                     }
-                    self.pipeline.advance(wall_now().saturating_sub(lateness), &mut out);
+                    self.release(Some(wall_now()), &mut out);
                     if !out.is_empty() {
                         let _delivery = self.exporter.submit(std::mem::take(&mut out)).await?;
                     }
@@ -151,6 +168,9 @@ impl<C: AuditConsumer> Worker<C> {
                 }
             }
         }
+        let pipeline = &mut self.pipeline;
+        self.sequencer
+            .drain(|r| pipeline.push_marked(&r.cluster, r.event, r.late, &mut out));
         self.pipeline.finish(&mut out);
         if !out.is_empty() {
             let _delivery = self.exporter.submit(std::mem::take(&mut out)).await?;
@@ -158,7 +178,19 @@ impl<C: AuditConsumer> Worker<C> {
         self.exporter.flush().await?;
         self.publish_metrics();
         report.pipeline = self.pipeline.stats();
+        report.order = self.sequencer.stats().clone();
         Ok(report)
+    }
+
+    /// Hands the pipeline what the watermark has passed, then moves its clock to it.
+    fn release(&mut self, now: Option<UnixNanos>, out: &mut Vec<SpanRecord>) {
+        let pipeline = &mut self.pipeline;
+        let watermark = self.sequencer.release(now, |r| {
+            pipeline.push_marked(&r.cluster, r.event, r.late, out)
+        });
+        if let Some(w) = watermark {
+            self.pipeline.advance(w, out);
+        }
     }
 
     /// Publishes the pipeline's counters to the metrics recorder (as deltas, so the hot path
@@ -223,6 +255,36 @@ impl<C: AuditConsumer> Worker<C> {
         metrics::gauge!("kubetrail_open_families").set(families as f64);
         metrics::gauge!("kubetrail_open_objects").set(objects as f64);
         metrics::gauge!("kubetrail_pending_requests").set(pending as f64);
+        let order = self.sequencer.stats().clone();
+        let prev = &self.published_order;
+        inc("kubetrail_events_late_total", order.late, prev.late);
+        inc("kubetrail_events_ahead_total", order.ahead, prev.ahead);
+        inc(
+            "kubetrail_events_ahead_dropped_total",
+            order.ahead_dropped,
+            prev.ahead_dropped,
+        );
+        inc(
+            "kubetrail_events_reordered_total",
+            order.reordered,
+            prev.reordered,
+        );
+        inc(
+            "kubetrail_events_order_forced_total",
+            order.forced,
+            prev.forced,
+        );
+        inc(
+            "kubetrail_sources_idle_total",
+            order.idle_sources,
+            prev.idle_sources,
+        );
+        metrics::gauge!("kubetrail_order_held_events").set(self.sequencer.held() as f64);
+        metrics::gauge!("kubetrail_order_sources").set(self.sequencer.sources() as f64);
+        if let Some(w) = self.sequencer.floor() {
+            metrics::gauge!("kubetrail_watermark_seconds").set(w as f64 / 1e9);
+        }
+        self.published_order = order;
         self.published = now;
     }
 }
@@ -365,11 +427,18 @@ mod tests {
         let (exporter, _task) = Exporter::spawn(vec![Box::new(sink)], config);
         let (producer, consumer) = kubetrail_queue::embedded::channel(100);
         // An event from long ago (1970): the first wall-clock tick is far past its linger.
+        // No lag allowance: the 1970 source is not waited for once wall time moves on.
         let worker = Worker::new(
             consumer,
             Pipeline::new(Default::default()),
             exporter,
-            WorkerConfig::default(),
+            WorkerConfig {
+                order: OrderConfig {
+                    max_lag: Duration::ZERO,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
         );
         let _worker = tokio::spawn(worker.run(std::future::pending()));
         use kubetrail_queue::AuditProducer;

@@ -93,7 +93,14 @@ pub struct PipelineArgs {
     /// OTLP protocol: grpc, or http (HTTP/protobuf) (config: `export.otlp.protocol`).
     #[arg(long, env = "KUBETRAIL_OTLP_PROTOCOL")]
     pub otlp_protocol: Option<OtlpProtocol>,
+    /// How far (event time) an event may trail the slowest source and still be processed in
+    /// order; also the latency this adds to request spans in live modes (config: `time.lateness`).
+    #[arg(long, env = "KUBETRAIL_LATENESS", value_parser = humantime::parse_duration)]
+    pub lateness: Option<Duration>,
 }
+
+/// Default `--lookahead`: events held to merge replay inputs by time.
+pub const DEFAULT_LOOKAHEAD: usize = 8192;
 
 #[derive(Debug, Args)]
 pub struct ReplayArgs {
@@ -113,7 +120,17 @@ pub struct ReplayArgs {
     /// No progress bar (it is shown only when stderr is a terminal anyway).
     #[arg(long)]
     pub no_progress: bool,
-    /// Audit log files (`-` for stdin).
+    /// Read the inputs one after the other, as one stream cut in pieces, instead of merging
+    /// them by event time (the behaviour before HA merging).
+    #[arg(long)]
+    pub sequential: bool,
+    /// Events held in total to merge the inputs by time (split over the API servers' logs):
+    /// bounds memory; disorder within one log beyond it is processed late.
+    #[arg(long, default_value_t = DEFAULT_LOOKAHEAD, value_name = "EVENTS")]
+    pub lookahead: usize,
+    /// Audit log files, directories or globs (`node*/audit*.log*`; `-` for stdin). Each API
+    /// server's log with its rotated files (`audit-2024-07-15T09-00-00.000.log[.gz]`) is read
+    /// in time order; the servers' logs are merged by event time.
     #[arg(required = true, value_name = "FILE")]
     pub files: Vec<String>,
 }

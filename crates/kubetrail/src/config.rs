@@ -48,6 +48,8 @@ pub struct Config {
     /// How long shutdown may take to drain and flush.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Option<Duration>,
+    /// Event-time order across API servers: lateness, silent sources, far-ahead events.
+    pub time: kubetrail_pipeline::watermark::OrderConfig,
 }
 
 /// `server:` in the config file.

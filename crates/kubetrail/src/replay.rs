@@ -2,7 +2,6 @@
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -15,7 +14,9 @@ use kubetrail_model::AuditEvent;
 use kubetrail_pipeline::{Pipeline, PipelineStats};
 use kubetrail_queue::AuditBatch;
 use kubetrail_queue::embedded::EmbeddedProducer;
-use kubetrail_source::{EventReader, Malformed};
+use kubetrail_source::Malformed;
+use kubetrail_source::inputs::{self, InputChain};
+use kubetrail_source::merge::{ChainReader, Record, TimeMerge};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::{PipelineArgs, ReplayArgs, ReportArgs};
@@ -42,6 +43,9 @@ pub(crate) fn effective_config(args: &PipelineArgs) -> anyhow::Result<(Config, S
     }
     if let Some(l) = args.linger {
         cfg.aggregate.linger = l;
+    }
+    if let Some(l) = args.lateness {
+        cfg.time.lateness = l;
     }
     if cfg.aggregate.window.is_zero() {
         anyhow::bail!("the window must be longer than zero");
@@ -71,6 +75,9 @@ struct ReadOutcome {
     shown: Vec<Malformed>,
     read_errors: Vec<String>,
     stats: PipelineStats,
+    /// Events out of order by more than the look-ahead within their input.
+    out_of_order: u64,
+    order: kubetrail_pipeline::watermark::OrderStats,
 }
 
 pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
@@ -107,8 +114,13 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         }
         Ok(sinks)
     };
+    let read = ReadOrder {
+        sequential: args.sequential,
+        lookahead: args.lookahead,
+    };
     let run = run_files(
         &args.files,
+        read,
         &args.pipeline,
         make_sinks,
         args.export_timeout,
@@ -180,10 +192,29 @@ impl FileRun {
     }
 }
 
+/// How replay inputs are read.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ReadOrder {
+    /// One after the other (one stream cut in pieces), not merged by time.
+    pub sequential: bool,
+    /// Events held in total to merge by time.
+    pub lookahead: usize,
+}
+
+impl Default for ReadOrder {
+    fn default() -> Self {
+        ReadOrder {
+            sequential: false,
+            lookahead: crate::cli::DEFAULT_LOOKAHEAD,
+        }
+    }
+}
+
 /// Reads `files` through the pipeline into the sinks `make_sinks` builds (after every input
-/// was opened, so a typo fails before anything is created or sent).
+/// was listed and checked, so a typo fails before anything is created or sent).
 pub(crate) async fn run_files(
     files: &[String],
+    read: ReadOrder,
     pipeline: &PipelineArgs,
     make_sinks: impl FnOnce(&Config) -> anyhow::Result<Vec<Box<dyn SpanSink>>>,
     export_timeout: Duration,
@@ -191,16 +222,30 @@ pub(crate) async fn run_files(
 ) -> anyhow::Result<FileRun> {
     let started = Instant::now();
     let (cfg, cluster) = effective_config(pipeline)?;
-    let mut readers = Vec::with_capacity(files.len());
-    for f in files {
-        readers.push(EventReader::open(f)?.with_max_record_bytes(cfg.source.max_record_bytes));
+    let mut chains = inputs::expand(files)?;
+    if read.sequential {
+        // One stream cut in pieces: every file in the order given (rotated ones in their
+        // time order within each log).
+        chains = vec![InputChain {
+            files: chains.into_iter().flat_map(|c| c.files).collect(),
+        }];
+    }
+    // Fail on an unreadable input before anything is created or sent.
+    for f in chains.iter().flat_map(|c| &c.files) {
+        if f != "-" {
+            std::fs::File::open(f).with_context(|| format!("cannot open {f}"))?;
+        }
     }
     let sinks = make_sinks(&cfg)?;
     let mut exporter_cfg = cfg.exporter();
     exporter_cfg.retry.max_elapsed = (!export_timeout.is_zero()).then_some(export_timeout);
     let (handle, exporter) = Exporter::spawn(sinks, exporter_cfg);
 
-    let total: Option<u64> = readers.iter().map(EventReader::size).sum();
+    let total: Option<u64> = chains
+        .iter()
+        .flat_map(|c| &c.files)
+        .map(|f| std::fs::metadata(f).ok().map(|m| m.len()))
+        .sum();
     let bar = if progress && std::io::stderr().is_terminal() {
         let bar = total.map_or_else(ProgressBar::new_spinner, ProgressBar::new);
         bar.set_style(
@@ -225,7 +270,7 @@ pub(crate) async fn run_files(
         handle,
         WorkerConfig {
             tick: None,
-            ..Default::default()
+            order: cfg.time.clone(),
         },
     );
     let worker = tokio::spawn(worker.run(std::future::pending()));
@@ -233,7 +278,21 @@ pub(crate) async fn run_files(
     let rt = tokio::runtime::Handle::current();
     let reader_bar = bar.clone();
     let mut outcome = tokio::task::spawn_blocking(move || {
-        read_all(readers, &cluster, producer, queue_bytes, &rt, &reader_bar)
+        let max_record = cfg.source.max_record_bytes;
+        let readers = chains
+            .iter()
+            .map(|c| ChainReader::new(c).with_max_record_bytes(max_record))
+            .collect();
+        // Sequential: as read, no look-ahead (the behaviour before merging by time).
+        let lookahead = if read.sequential { 1 } else { read.lookahead };
+        read_all(
+            TimeMerge::new(readers, lookahead),
+            &cluster,
+            producer,
+            queue_bytes,
+            &rt,
+            &reader_bar,
+        )
     })
     .await
     .context("the replay reader stopped unexpectedly")??;
@@ -242,6 +301,7 @@ pub(crate) async fn run_files(
         .context("the pipeline worker stopped unexpectedly")?
         .context("the exporter stopped")?;
     outcome.stats = worker_report.pipeline;
+    outcome.order = worker_report.order;
     bar.finish_and_clear();
     let report = exporter
         .await
@@ -252,10 +312,10 @@ pub(crate) async fn run_files(
         elapsed: started.elapsed(),
     })
 }
-/// Reads every input in order and publishes the events in batches, waiting for room in the
-/// queue (backpressure from the pipeline and the exporter).
+/// Reads the inputs merged by event time (one chain: in order) and publishes the events in
+/// batches, waiting for room in the queue (backpressure from the pipeline and the exporter).
 fn read_all(
-    readers: Vec<EventReader>,
+    mut merged: TimeMerge<ChainReader>,
     cluster: &str,
     producer: EmbeddedProducer,
     queue_bytes: usize,
@@ -263,7 +323,6 @@ fn read_all(
     bar: &ProgressBar,
 ) -> anyhow::Result<ReadOutcome> {
     let mut o = ReadOutcome::default();
-    let mut done_bytes = 0u64;
     let mut batch = Vec::with_capacity(BATCH_EVENTS);
     // A batch is also cut by size, so a few huge events never make a batch larger than the
     // queue's byte bound (a quarter of it, so the pipeline always has work queued).
@@ -272,75 +331,74 @@ fn read_all(
     let publish = |events: Vec<AuditEvent>| -> anyhow::Result<()> {
         let batch = AuditBatch {
             cluster: cluster.to_owned(),
+            // One merged stream: a single source for the pipeline's sequencer.
+            source: Some("replay".to_owned()),
             events,
             ..Default::default()
         };
         rt.block_on(producer.publish_wait(batch))
             .context("the pipeline stopped")
     };
-    for reader in readers {
-        let progress = reader.progress();
-        let name = reader.name().to_owned();
-        for rec in reader {
-            match rec {
-                Ok(Ok(event)) => {
-                    o.events += 1;
-                    let size = kubetrail_queue::embedded::event_bytes(&event);
-                    if size > queue_bytes {
-                        // Could never be queued: counted and reported like a malformed record.
-                        o.malformed += 1;
-                        let m = Malformed {
-                            input: name.clone(),
-                            line: 0,
-                            item: None,
-                            reason: format!(
-                                "event {} holds about {size} bytes, more than queue.bytes ({queue_bytes})",
-                                event.audit_id
-                            ),
-                        };
-                        tracing::warn!(%m, "audit event too large for the queue skipped");
-                        if o.shown.len() < SHOWN_MALFORMED {
-                            o.shown.push(m);
-                        }
-                        continue;
-                    }
-                    if !batch.is_empty() && batch_bytes + size > batch_bytes_limit {
-                        publish(std::mem::replace(
-                            &mut batch,
-                            Vec::with_capacity(BATCH_EVENTS),
-                        ))?;
-                        batch_bytes = 0;
-                    }
-                    batch_bytes += size;
-                    batch.push(event);
-                    if batch.len() >= BATCH_EVENTS {
-                        batch_bytes = 0;
-                        publish(std::mem::replace(
-                            &mut batch,
-                            Vec::with_capacity(BATCH_EVENTS),
-                        ))?;
-                        bar.set_position(done_bytes + progress.load(Ordering::Relaxed));
-                        bar.set_message(format!("{} events", o.events));
-                    }
-                }
-                Ok(Err(m)) => {
+    while let Some(rec) = merged.next() {
+        let rec: Record = rec;
+        match rec {
+            Ok(Ok(event)) => {
+                o.events += 1;
+                let size = kubetrail_queue::embedded::event_bytes(&event);
+                if size > queue_bytes {
+                    // Could never be queued: counted and reported like a malformed record.
                     o.malformed += 1;
-                    tracing::debug!(input = %m.input, line = m.line, reason = %m.reason, "malformed audit record skipped");
+                    let m = Malformed {
+                        input: "(merged inputs)".to_owned(),
+                        line: 0,
+                        item: None,
+                        reason: format!(
+                            "event {} holds about {size} bytes, more than queue.bytes ({queue_bytes})",
+                            event.audit_id
+                        ),
+                    };
+                    tracing::warn!(%m, "audit event too large for the queue skipped");
                     if o.shown.len() < SHOWN_MALFORMED {
                         o.shown.push(m);
                     }
+                    continue;
                 }
-                Err(e) => {
-                    tracing::error!(input = %name, error = %e, "input unreadable");
-                    o.read_errors.push(error_chain(&e));
+                if !batch.is_empty() && batch_bytes + size > batch_bytes_limit {
+                    publish(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(BATCH_EVENTS),
+                    ))?;
+                    batch_bytes = 0;
+                }
+                batch_bytes += size;
+                batch.push(event);
+                if batch.len() >= BATCH_EVENTS {
+                    batch_bytes = 0;
+                    publish(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(BATCH_EVENTS),
+                    ))?;
+                    bar.set_position(merged.inputs().map(ChainReader::bytes_read).sum());
+                    bar.set_message(format!("{} events", o.events));
                 }
             }
+            Ok(Err(m)) => {
+                o.malformed += 1;
+                tracing::debug!(input = %m.input, line = m.line, reason = %m.reason, "malformed audit record skipped");
+                if o.shown.len() < SHOWN_MALFORMED {
+                    o.shown.push(m);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "input unreadable");
+                o.read_errors.push(error_chain(&e));
+            }
         }
-        done_bytes += progress.load(Ordering::Relaxed);
     }
     if !batch.is_empty() {
         publish(batch)?;
     }
+    o.out_of_order = merged.out_of_order();
     Ok(o)
 }
 
@@ -403,6 +461,13 @@ fn print_summary(command: &str, o: &ReadOutcome, r: &ExportReport, elapsed: Dura
         r.retries,
         r.spans_dropped
     );
+    let t = &o.order;
+    if s.late + t.ahead + t.ahead_dropped + t.forced + o.out_of_order > 0 {
+        eprintln!(
+            "  time order: {} late requests (marked kubetrail.late), {} events beyond the look-ahead in their input, {} far ahead set aside ({} dropped), {} released early (memory bound), {} jumps followed",
+            s.late, o.out_of_order, t.ahead, t.ahead_dropped, t.forced, t.jumps
+        );
+    }
     if o.malformed > 0 {
         eprintln!("  malformed records skipped: {}", o.malformed);
         for m in &o.shown {

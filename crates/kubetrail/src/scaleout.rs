@@ -148,7 +148,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     kubetrail_export::describe_metrics();
     let sinks = consume_sinks(&cfg, &args)?;
     let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
-    let worker = PartitionedWorker::new(&kafka, pipeline, exporter, WorkerConfig::default())
+    let worker_config = WorkerConfig {
+        order: cfg.time.clone(),
+        ..Default::default()
+    };
+    let worker = PartitionedWorker::new(&kafka, pipeline, exporter, worker_config)
         .context("cannot join the Kafka consumer group")?;
     if let Some(addr) = args.metrics_listen.or(cfg.server.listen) {
         let listener = tokio::net::TcpListener::bind(addr)

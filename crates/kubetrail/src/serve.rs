@@ -180,7 +180,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         consumer,
         Pipeline::new(cfg.pipeline()),
         exporter,
-        WorkerConfig::default(),
+        WorkerConfig {
+            order: cfg.time.clone(),
+            ..Default::default()
+        },
     );
     let worker = tokio::spawn(worker.run(std::future::pending()));
 

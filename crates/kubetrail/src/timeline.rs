@@ -126,6 +126,7 @@ pub async fn run(args: TimelineArgs) -> anyhow::Result<ExitCode> {
     };
     let run = run_files(
         &args.files,
+        crate::replay::ReadOrder::default(),
         &args.pipeline,
         make_sink,
         std::time::Duration::ZERO,
