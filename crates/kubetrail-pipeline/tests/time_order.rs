@@ -137,9 +137,11 @@ fn three_servers_one_lagging_20s_give_the_merged_streams_spans() {
 }
 
 #[test]
-fn the_same_events_read_one_server_after_another_split_the_family() {
-    // What the sequencer repairs: without it (sequential files) the owner is not known when
-    // its Pods are placed, so the family falls into several traces.
+fn the_same_events_read_one_server_after_another_are_not_the_merged_stream() {
+    // What the sequencer repairs: without it (sequential files) an owner's events may come
+    // after those of the objects it owns. Owner inference from names (Metadata-level logs)
+    // now keeps such a family in one trace, but the spans are still not the merged stream's
+    // (owners learned late, extents and links cut differently).
     let events = rollout(7);
     let mut pipeline = Pipeline::new(PipelineConfig::default());
     let mut out = Vec::new();
@@ -150,7 +152,8 @@ fn the_same_events_read_one_server_after_another_split_the_family() {
     }
     pipeline.finish(&mut out);
     let want = merged(&events, &OrderConfig::default());
-    assert!(trace_ids(&out).len() > trace_ids(&want).len());
+    assert!(trace_ids(&out).len() >= trace_ids(&want).len());
+    assert_ne!(out, want, "without the sequencer the spans differ");
 }
 
 proptest! {
