@@ -358,7 +358,12 @@ mod tests {
             exporter,
             WorkerConfig {
                 tick: None,
-                ..Default::default()
+                // No lateness: each event is released to the pipeline as it arrives, so its
+                // span reaches the exporter before the next batch is published.
+                order: OrderConfig {
+                    lateness: Duration::ZERO,
+                    ..Default::default()
+                },
             },
         );
         let worker = tokio::spawn(worker.run(std::future::pending()));
