@@ -241,8 +241,18 @@ async fn concurrent_servers_one_lagging_20s_give_the_merged_replays_spans() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos() as i64;
+    // The rollout lasts about 35 s of event time and must not straddle a 30-minute window
+    // boundary (that would rightly make two traces): close to one, start just after it (up
+    // to a minute ahead of wall time, well within the watermark's far-ahead bound).
+    const WINDOW: i64 = 30 * 60 * 1_000_000_000;
+    let next_window = now - now.rem_euclid(WINDOW) + WINDOW;
+    let start = if now + 60_000_000_000 < next_window {
+        now
+    } else {
+        next_window + 1_000_000_000
+    };
     let stream = RolloutScenario {
-        cluster_start: now,
+        cluster_start: start,
         ..Default::default()
     }
     .generate();
