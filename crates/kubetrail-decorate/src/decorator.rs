@@ -6,8 +6,9 @@ use kubetrail_model::{AuditEvent, ObjectRef, Stage};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
-use crate::diff::{Ignore, compact_prefix, diff_stripped, strip_bulk, truncate};
+use crate::diff::{Ignore, compact_prefix, diff_scoped, strip_bulk, truncate};
 use crate::redact::Rules;
+use crate::scope::Scope;
 use crate::states::ByteLru;
 use crate::{DecorateConfig, Decoration, Redaction, Salt};
 
@@ -255,14 +256,28 @@ impl Decorator {
                     old = serde_json::from_str::<Value>(&p.json).ok();
                 }
                 if let Some(old) = &old {
-                    let (changes, more) = diff_stripped(
+                    let request = (event.verb == "patch")
+                        .then(|| event.request_object.as_deref())
+                        .flatten()
+                        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+                    let scope = Scope::of_write(
+                        &object.group,
+                        &object.resource,
+                        &event.verb,
+                        sub,
+                        request.as_ref(),
+                    );
+                    let diff = diff_scoped(
                         old,
                         &new,
                         self.config.diff.max_changes,
                         self.config.diff.max_value_bytes,
+                        &scope,
                     );
-                    d.changes = changes;
-                    d.more_changes = more;
+                    d.changes = diff.changes;
+                    d.more_changes = diff.more;
+                    d.unattributed = diff.unattributed;
+                    d.more_unattributed = diff.more_unattributed;
                 } else {
                     d.had_prior_state = false;
                 }

@@ -7,6 +7,7 @@ use std::sync::LazyLock;
 use serde_json::Value;
 
 use crate::path::{Action, Pattern, push_index, push_key, push_keyed};
+use crate::scope::Scope;
 use crate::{Change, DiffConfig};
 
 /// Fields that change on every write, or that restate other fields, and so say nothing about
@@ -96,6 +97,31 @@ pub(crate) fn diff_stripped(
     max_changes: usize,
     max_value_bytes: usize,
 ) -> (Vec<Change>, usize) {
+    let d = diff_scoped(old, new, max_changes, max_value_bytes, &Scope::default());
+    (d.changes, d.more)
+}
+
+/// A diff split by what the request can have made.
+#[derive(Debug, Default)]
+pub(crate) struct ScopedDiff {
+    /// Changes within the request's scope, at most `max_changes`.
+    pub changes: Vec<Change>,
+    /// How many more there were.
+    pub more: usize,
+    /// Changes outside it (made by requests not seen with a body), at most `max_changes`.
+    pub unattributed: Vec<Change>,
+    /// How many more of those there were.
+    pub more_unattributed: usize,
+}
+
+/// [`diff_stripped`], with the changes `scope` does not allow set apart.
+pub(crate) fn diff_scoped(
+    old: &Value,
+    new: &Value,
+    max_changes: usize,
+    max_value_bytes: usize,
+    scope: &Scope,
+) -> ScopedDiff {
     let mut raw = Vec::new();
     let mut path = String::new();
     let mut w = Walker {
@@ -104,17 +130,28 @@ pub(crate) fn diff_stripped(
     };
     w.walk(Some(old), Some(new), &mut path, None);
     raw.sort_by(|a, b| a.0.cmp(&b.0));
-    let more = raw.len().saturating_sub(max_changes);
-    raw.truncate(max_changes);
-    let changes = raw
-        .into_iter()
-        .map(|(path, o, n)| Change {
-            path,
-            old: o.map(|v| render(v, max_value_bytes)),
-            new: n.map(|v| render(v, max_value_bytes)),
-        })
-        .collect();
-    (changes, more)
+    let (mine, others): (Vec<_>, Vec<_>) = raw.into_iter().partition(|c| scope.allows(&c.0));
+    let render_all = |mut list: Vec<Raw<'_>>| {
+        let more = list.len().saturating_sub(max_changes);
+        list.truncate(max_changes);
+        let changes = list
+            .into_iter()
+            .map(|(path, o, n)| Change {
+                path,
+                old: o.map(|v| render(v, max_value_bytes)),
+                new: n.map(|v| render(v, max_value_bytes)),
+            })
+            .collect();
+        (changes, more)
+    };
+    let (changes, more) = render_all(mine);
+    let (unattributed, more_unattributed) = render_all(others);
+    ScopedDiff {
+        changes,
+        more,
+        unattributed,
+        more_unattributed,
+    }
 }
 
 type Raw<'a> = (String, Option<&'a Value>, Option<&'a Value>);

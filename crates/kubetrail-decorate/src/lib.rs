@@ -81,6 +81,16 @@
 //! `status.observedGeneration`, and the heartbeat-like condition timestamps
 //! (`lastHeartbeatTime`, `lastProbeTime`, `lastUpdateTime`; `lastTransitionTime` is kept: it
 //! moves only with the condition's status, and says when).
+//!
+//! # Who changed what
+//!
+//! A diff is against the last state *seen*, and requests whose bodies were not recorded
+//! (a `pods/binding`, a patch at `Request` level) may have changed the object in between.
+//! A request can only change part of an object: a `status` write only `status`, a main
+//! resource write of a built-in kind with a status subresource never `status`, a patch only
+//! the fields it names. Changes outside that part are not shown as the request's
+//! ([`Decoration::changes`]) but apart ([`Decoration::unattributed`]); see the `scope`
+//! module for the exact rules.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -88,6 +98,7 @@ mod decorator;
 mod diff;
 mod path;
 mod redact;
+mod scope;
 mod states;
 
 use serde::Deserialize;
@@ -267,11 +278,18 @@ pub struct Change {
 /// What decorating one request found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Decoration {
-    /// The changes, ordered by path, at most `diff.max_changes`.
+    /// The changes this request made, ordered by path, at most `diff.max_changes`.
     pub changes: Vec<Change>,
     /// How many changes there were beyond `changes` (show as "… and N more").
     pub more_changes: usize,
-    /// An update or patch whose result equals the object's prior state, noise ignored.
+    /// Changes since the last seen state that this request cannot have made (outside the
+    /// subresource or the fields it wrote: see the crate docs, "Who changed what"), ordered
+    /// by path, at most `diff.max_changes`. Shown apart as `kubetrail.diff.unattributed`.
+    pub unattributed: Vec<Change>,
+    /// How many unattributed changes there were beyond `unattributed`.
+    pub more_unattributed: usize,
+    /// An update or patch that changed nothing it could have changed (noise ignored; other
+    /// requests' changes may still show in `unattributed`).
     pub noop: bool,
     /// Whether a prior state was known and a diff computed. When false, `changes` is empty
     /// and says nothing: no diff is ever invented.

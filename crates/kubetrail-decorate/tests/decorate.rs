@@ -674,3 +674,129 @@ fn an_added_map_is_reported_key_by_key() {
     assert_eq!(back.len(), 4);
     assert!(back.iter().all(|c| c.new.is_none()));
 }
+
+/// A completed request about `pods/shop/web-1` (`sub`: its subresource).
+fn pod_event(
+    verb: &str,
+    sub: Option<&str>,
+    request: Value,
+    response: Value,
+) -> kubetrail_model::AuditEvent {
+    let mut object_ref =
+        json!({"resource":"pods","apiVersion":"v1","namespace":"shop","name":"web-1"});
+    if let Some(s) = sub {
+        object_ref["subresource"] = json!(s);
+    }
+    event(json!({
+        "kind":"Event","apiVersion":"audit.k8s.io/v1","level":"RequestResponse","auditID":"a",
+        "stage":"ResponseComplete","requestURI":"/api/v1/namespaces/shop/pods/web-1","verb":verb,
+        "user":{"username":"someone"},"objectRef":object_ref,
+        "responseStatus":{"metadata":{},"code":200},"requestObject":request,"responseObject":response,
+        "requestReceivedTimestamp":"2024-05-01T10:00:00.000000Z","stageTimestamp":"2024-05-01T10:00:00.001000Z"
+    }))
+}
+
+fn pod(node: Option<&str>, phase: Option<&str>, labels: Value) -> Value {
+    let mut p = json!({"kind":"Pod","apiVersion":"v1",
+        "metadata":{"name":"web-1","namespace":"shop","uid":"p1","labels":labels},
+        "spec":{"containers":[{"name":"web","image":"nginx:1.27"}]}});
+    if let Some(n) = node {
+        p["spec"]["nodeName"] = json!(n);
+    }
+    if let Some(ph) = phase {
+        p["status"] = json!({"phase": ph});
+    }
+    p
+}
+
+#[test]
+fn a_status_patch_is_not_credited_with_the_binding() {
+    let d = Decorator::new(DecorateConfig::default());
+    let web1 = kubetrail_model::ObjectRef {
+        group: String::new(),
+        resource: "pods".into(),
+        namespace: "shop".into(),
+        name: "web-1".into(),
+        uid: None,
+        cluster: None,
+    };
+    let created = pod(None, Some("Pending"), json!({"app":"web"}));
+    d.decorate(
+        "c",
+        &web1,
+        &pod_event("create", None, created.clone(), created),
+    );
+    // The scheduler binds the Pod: the answer is a Status, so the state is not seen.
+    let status = json!({"kind":"Status","apiVersion":"v1","status":"Success","code":201});
+    let binding =
+        json!({"kind":"Binding","apiVersion":"v1","target":{"kind":"Node","name":"node-1"}});
+    let b = d.decorate(
+        "c",
+        &web1,
+        &pod_event("create", Some("binding"), binding, status),
+    );
+    assert!(!b.had_prior_state);
+    // The kubelet's status patch returns the Pod, now with `spec.nodeName`.
+    let patch = json!({"status":{"phase":"Running"}});
+    let after = pod(Some("node-1"), Some("Running"), json!({"app":"web"}));
+    let k = d.decorate(
+        "c",
+        &web1,
+        &pod_event("patch", Some("status"), patch, after),
+    );
+    assert!(k.had_prior_state);
+    assert_eq!(
+        k.changes,
+        vec![change("status.phase", Some("Pending"), Some("Running"))]
+    );
+    assert_eq!(
+        k.unattributed,
+        vec![change("spec.nodeName", None, Some("node-1"))]
+    );
+    assert!(!k.noop);
+}
+
+#[test]
+fn a_patch_is_credited_only_with_the_fields_it_names() {
+    let d = Decorator::new(DecorateConfig::default());
+    let web1 = kubetrail_model::ObjectRef {
+        group: String::new(),
+        resource: "pods".into(),
+        namespace: "shop".into(),
+        name: "web-1".into(),
+        uid: None,
+        cluster: None,
+    };
+    let created = pod(Some("node-1"), Some("Running"), json!({"app":"web"}));
+    d.decorate(
+        "c",
+        &web1,
+        &pod_event("create", None, created.clone(), created),
+    );
+    // A label patch whose answer also shows a status change the kubelet made unseen.
+    let patch = json!({"metadata":{"labels":{"tier":"front"}}});
+    let after = pod(
+        Some("node-1"),
+        Some("Succeeded"),
+        json!({"app":"web","tier":"front"}),
+    );
+    let l = d.decorate("c", &web1, &pod_event("patch", None, patch, after.clone()));
+    assert_eq!(
+        l.changes,
+        vec![change("metadata.labels.tier", None, Some("front"))]
+    );
+    assert_eq!(
+        l.unattributed,
+        vec![change("status.phase", Some("Running"), Some("Succeeded"))]
+    );
+    // A patch that names a field without changing it: a no-op, whatever others did.
+    let again = json!({"metadata":{"labels":{"tier":"front"}}});
+    let mut later = after;
+    later["metadata"]["labels"]["extra"] = json!("x");
+    let n = d.decorate("c", &web1, &pod_event("patch", None, again, later));
+    assert!(n.noop && n.changes.is_empty());
+    assert_eq!(
+        n.unattributed,
+        vec![change("metadata.labels.extra", None, Some("x"))]
+    );
+}

@@ -331,32 +331,61 @@ impl Pipeline {
                 AttrValue::Bool(true),
             ));
         }
-        for c in &d.changes {
-            let mut attributes = vec![(AttrKey::Borrowed("path"), AttrValue::Str(c.path.clone()))];
-            if let Some(old) = &c.old {
-                attributes.push((AttrKey::Borrowed("old"), AttrValue::Str(old.clone())));
-            }
-            if let Some(new) = &c.new {
-                attributes.push((AttrKey::Borrowed("new"), AttrValue::Str(new.clone())));
-            }
-            let name = match (&c.old, &c.new) {
-                (Some(_), Some(_)) => "changed",
-                (None, _) => "added",
-                (Some(_), None) => "removed",
-            }
-            .to_owned();
-            place.span_events.push(SpanEventRecord {
-                time: at,
-                name,
-                attributes,
-            });
+        let unattributed = d.unattributed.len() + d.more_unattributed;
+        if unattributed > 0 {
+            place.attributes.push((
+                AttrKey::Borrowed("kubetrail.diff.unattributed"),
+                AttrValue::Int(unattributed as i64),
+            ));
         }
-        if d.more_changes > 0 {
-            place.span_events.push(SpanEventRecord {
-                time: at,
-                name: format!("… and {} more changes", d.more_changes),
-                attributes: vec![],
-            });
+        // This request's changes, then those since the last seen state it cannot have made
+        // (other requests', seen without a body), named apart.
+        for (changes, more, apart) in [
+            (&d.changes, d.more_changes, false),
+            (&d.unattributed, d.more_unattributed, true),
+        ] {
+            for c in changes {
+                let mut attributes =
+                    vec![(AttrKey::Borrowed("path"), AttrValue::Str(c.path.clone()))];
+                if let Some(old) = &c.old {
+                    attributes.push((AttrKey::Borrowed("old"), AttrValue::Str(old.clone())));
+                }
+                if let Some(new) = &c.new {
+                    attributes.push((AttrKey::Borrowed("new"), AttrValue::Str(new.clone())));
+                }
+                if apart {
+                    attributes.push((
+                        AttrKey::Borrowed("kubetrail.diff.unattributed"),
+                        AttrValue::Bool(true),
+                    ));
+                }
+                let name = match (&c.old, &c.new, apart) {
+                    (Some(_), Some(_), false) => "changed",
+                    (None, _, false) => "added",
+                    (Some(_), None, false) => "removed",
+                    (Some(_), Some(_), true) => "changed (unattributed)",
+                    (None, _, true) => "added (unattributed)",
+                    (Some(_), None, true) => "removed (unattributed)",
+                }
+                .to_owned();
+                place.span_events.push(SpanEventRecord {
+                    time: at,
+                    name,
+                    attributes,
+                });
+            }
+            if more > 0 {
+                let what = if apart {
+                    "unattributed changes"
+                } else {
+                    "changes"
+                };
+                place.span_events.push(SpanEventRecord {
+                    time: at,
+                    name: format!("… and {more} more {what}"),
+                    attributes: vec![],
+                });
+            }
         }
         if let Some(snapshot) = &d.snapshot {
             let name = if event.verb == "create" {
