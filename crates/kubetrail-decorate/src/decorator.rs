@@ -257,7 +257,7 @@ impl Decorator {
                 }
                 if let Some(old) = &old {
                     let request = (event.verb == "patch")
-                        .then(|| event.request_object.as_deref())
+                        .then_some(event.request_object.as_deref())
                         .flatten()
                         .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
                     let scope = Scope::of_write(
