@@ -93,6 +93,22 @@ pub struct Linker {
 }
 
 /// An object's chain of owners, and whether any link of it was inferred from names.
+///
+/// # One trace per object
+///
+/// Every object must be in exactly one trace per window, so the chain is chosen such that an
+/// object's owners resolve to the same root as the object itself:
+///
+/// * A chain that reaches an object with no owner ends there: that is the family's root, and
+///   every owner on the way has the same chain's rest, so the same root.
+/// * A chain longer than `link.max_depth` is not followed at all: the object roots a trace
+///   of its own, and [`Ancestry::cut_owner`] names its direct owner (the pipeline links the
+///   two spans). Following it partly would root it at an owner whose own root is elsewhere,
+///   putting that owner in two traces.
+/// * Owners that form a cycle (A owned by B owned by A, as a buggy controller can write)
+///   have no root: the cycle's least member, by cluster, group, resource, namespace and name,
+///   is taken as the root by every member and every object owned through the cycle, and
+///   [`Ancestry::cycle`] says so.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ancestry {
     /// Owners, nearest first, ending at the family's root.
@@ -100,6 +116,23 @@ pub struct Ancestry {
     /// Some link was inferred from the controllers' naming conventions, not read from a body
     /// (`kubetrail.link.inferred`).
     pub inferred: bool,
+    /// The chain was longer than `link.max_depth`: it is empty, the object roots its own
+    /// trace, and this is its direct owner.
+    pub cut_owner: Option<ObjectRef>,
+    /// The owners form a cycle, broken at its least member (the chain's last element, or the
+    /// object itself when the chain is empty).
+    pub cycle: bool,
+}
+
+/// The order a cycle is broken in: the least member by this key becomes the root.
+fn cycle_key(o: &ObjectRef) -> (Option<&str>, &str, &str, &str, &str) {
+    (
+        o.cluster.as_deref(),
+        &o.group,
+        &o.resource,
+        &o.namespace,
+        &o.name,
+    )
 }
 
 impl Linker {
@@ -274,30 +307,54 @@ impl Linker {
         out
     }
 
-    /// The chain of owners of `object`, nearest first, ending at the family's root.
-    ///
-    /// Stops at `max_depth` and at the first object seen twice (a cycle, or an object that
-    /// names itself as owner), so it always terminates.
+    /// The chain of owners of `object`, nearest first, ending at the family's root, chosen
+    /// so that every object is in one trace (see [`Ancestry`]: an over-long chain is empty,
+    /// a cycle is broken at its least member). Always terminates.
     pub fn ancestors(&mut self, object: &ObjectRef) -> Vec<ObjectRef> {
         self.ancestry(object).chain
     }
 
     /// Like [`Linker::ancestors`], saying whether a link was inferred from the controllers'
-    /// naming conventions (only where no body or rule named an owner; see `infer`).
+    /// naming conventions (only where no body or rule named an owner; see `infer`), whether
+    /// the chain was cut at `max_depth`, and whether it ran into a cycle.
     pub fn ancestry(&mut self, object: &ObjectRef) -> Ancestry {
         let mut out = Ancestry::default();
+        // How each link of the chain was found (inferred or not).
+        let mut inferred = Vec::new();
         let mut current = object.clone();
-        while out.chain.len() < self.config.max_depth {
-            let Some((owner, inferred)) = self.owner_of(&current) else {
-                break;
+        while let Some((owner, by_name)) = self.owner_of(&current) {
+            // Back at an object already on the path ([object] + chain): a cycle.
+            let back = if owner == *object {
+                Some(0)
+            } else {
+                out.chain.iter().position(|o| *o == owner).map(|i| i + 1)
             };
-            if owner == *object || out.chain.contains(&owner) {
+            if let Some(start) = back {
+                let path: Vec<&ObjectRef> =
+                    std::iter::once(object).chain(out.chain.iter()).collect();
+                let root = (start..path.len())
+                    .min_by_key(|&i| cycle_key(path[i]))
+                    .unwrap_or(start);
+                // path[root] is chain[root - 1]; the object itself when root is 0.
+                out.chain.truncate(root);
+                inferred.truncate(root);
+                out.cycle = true;
                 break;
             }
-            out.inferred |= inferred;
+            if out.chain.len() == self.config.max_depth {
+                out.cut_owner = Some(out.chain.first().cloned().unwrap_or(owner));
+                out.chain.clear();
+                inferred.truncate(1);
+                if inferred.is_empty() {
+                    inferred.push(by_name);
+                }
+                break;
+            }
             out.chain.push(owner.clone());
+            inferred.push(by_name);
             current = owner;
         }
+        out.inferred = inferred.iter().any(|&i| i);
         out
     }
 }
@@ -409,7 +466,16 @@ mod tests {
         let mut b = obj("x", "bs", "n", "b", Some("b"));
         l.observe(&mut a, Some(&head(Some(("x/v1", "B", "b", "b")))));
         l.observe(&mut b, Some(&head(Some(("x/v1", "A", "a", "a")))));
-        assert_eq!(l.ancestors(&a), vec![b.clone()]);
+        // Broken at the least member (`as/a`): both in a's trace.
+        let of_a = l.ancestry(&a);
+        assert!(of_a.chain.is_empty() && of_a.cycle);
+        let of_b = l.ancestry(&b);
+        assert_eq!(of_b.chain, vec![a.clone()]);
+        assert!(of_b.cycle);
+        // An object owned through the cycle has the cycle's root too.
+        let mut c = obj("x", "cs", "n", "c", Some("c"));
+        l.observe(&mut c, Some(&head(Some(("x/v1", "B", "b", "b")))));
+        assert_eq!(l.ancestors(&c), vec![b.clone(), a.clone()]);
         let mut s = obj("x", "ss", "n", "s", Some("s"));
         l.observe(&mut s, Some(&head(Some(("x/v1", "S", "s", "s")))));
         assert!(l.ancestors(&s).is_empty());
@@ -431,8 +497,13 @@ mod tests {
         assert_eq!(l.len(), 50);
         let last = obj("x", "things", "n", "t99", Some("u99"));
         assert_eq!(l.ancestors(&last).len(), 1); // t100 never seen: placed from the reference
+        let near_top = obj("x", "things", "n", "t97", Some("u97"));
+        assert_eq!(l.ancestors(&near_top).len(), 3); // t98, t99, t100: complete
+        // t60's chain is longer than 3: t60 roots its own trace, linked to t61.
         let mid = obj("x", "things", "n", "t60", Some("u60"));
-        assert_eq!(l.ancestors(&mid).len(), 3);
+        let a = l.ancestry(&mid);
+        assert!(a.chain.is_empty() && !a.cycle);
+        assert_eq!(a.cut_owner, Some(obj("x", "things", "n", "t61", None)));
     }
 
     #[test]
@@ -455,7 +526,8 @@ mod tests {
 
     proptest! {
         /// Whatever owner graph the input describes, resolution terminates within the depth
-        /// limit and never lists the object itself or an owner twice.
+        /// limit, never lists the object itself or an owner twice, and puts every owner on
+        /// a chain in the same family as the object (one trace per object).
         #[test]
         fn resolution_is_bounded(edges in proptest::collection::vec((0u8..12, 0u8..12), 0..40)) {
             let mut l = Linker::new(LinkerConfig { max_objects: 8, max_depth: 5, ..Default::default() });
@@ -470,7 +542,12 @@ mod tests {
                 prop_assert!(!chain.contains(&o));
                 for (j, c) in chain.iter().enumerate() {
                     prop_assert!(!chain[j + 1..].contains(c));
+                    // One trace per object: each owner on the chain resolves to the rest of
+                    // it, so to the same root.
+                    prop_assert_eq!(&l.ancestors(c), &chain[j + 1..].to_vec());
                 }
+                let a = l.ancestry(&o);
+                prop_assert!(a.cut_owner.is_none() || a.chain.is_empty());
             }
         }
     }

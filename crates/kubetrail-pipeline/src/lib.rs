@@ -86,6 +86,12 @@ pub struct PipelineStats {
     /// Requests whose owner chain has a link inferred from the controllers' naming
     /// conventions (no body named the owner; `kubetrail.link.inferred`).
     pub inferred_owners: u64,
+    /// Requests about an object whose owner chain is longer than `link.max_depth`: the
+    /// object roots its own trace, linked to its owner (`kubetrail.link.cut`).
+    pub owner_chains_cut: u64,
+    /// Requests about an object whose owners form a cycle, broken at its least member
+    /// (`kubetrail.link.cycle`).
+    pub owner_cycles: u64,
     /// Items of `deletecollection` responses given a delete span of their own.
     pub collection_items: u64,
     /// Secret values replaced by a salted hash before processing.
@@ -517,6 +523,7 @@ impl Pipeline {
         };
         let ancestry = self.linker.ancestry(&object);
         let inferred = ancestry.inferred;
+        let (cut_owner, cycle) = (ancestry.cut_owner, ancestry.cycle);
         let mut ancestors = ancestry.chain;
         for a in &mut ancestors {
             // A reference to this very cluster is the same object as one without a cluster.
@@ -545,6 +552,32 @@ impl Pipeline {
             self.stats.inferred_owners += 1;
             place.attributes.push((
                 kubetrail_model::AttrKey::Borrowed("kubetrail.link.inferred"),
+                kubetrail_model::AttrValue::Bool(true),
+            ));
+        }
+        if let Some(owner) = cut_owner {
+            // The chain is longer than `link.max_depth`: the object roots its own trace, and
+            // its span links to its owner's, in the owner's trace (see `Ancestry`).
+            self.stats.owner_chains_cut += 1;
+            place.attributes.push((
+                kubetrail_model::AttrKey::Borrowed("kubetrail.link.cut"),
+                kubetrail_model::AttrValue::Bool(true),
+            ));
+            let root = self
+                .linker
+                .ancestors(&owner)
+                .pop()
+                .unwrap_or_else(|| owner.clone());
+            place.secondary.push(kubetrail_aggregate::SecondaryLink {
+                rule: "owner beyond link.max_depth".into(),
+                target: owner,
+                root,
+            });
+        }
+        if cycle {
+            self.stats.owner_cycles += 1;
+            place.attributes.push((
+                kubetrail_model::AttrKey::Borrowed("kubetrail.link.cycle"),
                 kubetrail_model::AttrValue::Bool(true),
             ));
         }

@@ -442,6 +442,12 @@ fn print_summary(command: &str, o: &ReadOutcome, r: &ExportReport, elapsed: Dura
         s.kube_events,
         s.kube_events_unplaced
     );
+    if s.owner_chains_cut + s.owner_cycles > 0 {
+        eprintln!(
+            "  owners: {} requests about objects whose owner chain is longer than link.max_depth (each its own trace, linked to its owner), {} about objects in owner cycles (rooted at the cycle's least member)",
+            s.owner_chains_cut, s.owner_cycles
+        );
+    }
     eprintln!(
         "  objects: {} spans in {} family segments ({} continued, {} recreated objects)",
         a.object_spans, a.families_emitted, a.continuations, a.recreations
