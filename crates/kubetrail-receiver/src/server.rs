@@ -149,6 +149,13 @@ impl Receiver {
         })
     }
 
+    /// Every route of this server (authentication, body limits, decoding, publishing) as a
+    /// router, without the connection-level limits: for driving the receiver in-process
+    /// (the fuzz target `webhook_body`). [`Receiver::serve`] serves the same router.
+    pub fn router(&self) -> axum::Router {
+        crate::handler::router(self.state.clone())
+    }
+
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

@@ -108,13 +108,22 @@ pub fn open_input(name: &str) -> Result<OpenedInput, SourceError> {
         }
         (Box::new(file), Some(meta.len()))
     };
-    let mut buffered = BufReader::with_capacity(
-        256 << 10,
-        Counting {
-            inner: raw,
-            count: count.clone(),
-        },
-    );
+    let reader = decompressing(name, raw, count.clone())?;
+    Ok(OpenedInput {
+        reader,
+        progress: count,
+        size,
+    })
+}
+
+/// Buffers a raw input, counting its bytes into `count`, and inflates it when it starts with
+/// the gzip magic (concatenated members included, as `gzip -c a b` writes).
+fn decompressing(
+    name: &str,
+    raw: Box<dyn Read + Send>,
+    count: Arc<AtomicU64>,
+) -> Result<Box<dyn BufRead + Send>, SourceError> {
+    let mut buffered = BufReader::with_capacity(256 << 10, Counting { inner: raw, count });
     let magic = buffered.fill_buf().map_err(|source| SourceError::Read {
         name: name.to_owned(),
         line: 0,
@@ -128,11 +137,7 @@ pub fn open_input(name: &str) -> Result<OpenedInput, SourceError> {
     } else {
         Box::new(buffered)
     };
-    Ok(OpenedInput {
-        reader,
-        progress: count,
-        size,
-    })
+    Ok(reader)
 }
 
 /// An iterator of audit events from one input, with malformed records reported in-line.
@@ -173,7 +178,21 @@ impl EventReader {
         })
     }
 
-    /// Reads from any reader (gzip is not detected here; use [`EventReader::open`] for files).
+    /// Reads raw bytes from any reader, inflating gzip as [`EventReader::open`] does for files
+    /// (what the fuzz target `decode_input` drives).
+    pub fn from_raw(
+        name: &str,
+        raw: impl Read + Send + 'static,
+    ) -> Result<EventReader, SourceError> {
+        let progress = Arc::new(AtomicU64::new(0));
+        let input = decompressing(name, Box::new(raw), progress.clone())?;
+        let mut reader = EventReader::from_reader(name, input);
+        reader.progress = progress;
+        Ok(reader)
+    }
+
+    /// Reads from any reader (gzip is not detected here; use [`EventReader::open`] for files
+    /// or [`EventReader::from_raw`]).
     pub fn from_reader(name: &str, reader: impl BufRead + Send + 'static) -> EventReader {
         EventReader {
             name: name.to_owned(),
@@ -408,6 +427,23 @@ mod tests {
         let ids: Vec<_> = r.map(|r| r.unwrap().unwrap().audit_id).collect();
         assert_eq!(ids, ["1", "2"]);
         assert!(progress.load(Ordering::Relaxed) > 0);
+    }
+
+    #[test]
+    fn raw_readers_are_inflated_like_files() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        writeln!(gz, "{E1}").unwrap();
+        let mut twice = gz.finish().unwrap();
+        let second = twice.clone();
+        twice.extend_from_slice(&second); // two gzip members, as `cat a.gz b.gz`
+        let r = EventReader::from_raw("mem", io::Cursor::new(twice)).unwrap();
+        let progress = r.progress();
+        let ids: Vec<_> = r.map(|r| r.unwrap().unwrap().audit_id).collect();
+        assert_eq!(ids, ["1", "1"]);
+        assert!(progress.load(Ordering::Relaxed) > 0);
+        let plain = EventReader::from_raw("mem", io::Cursor::new(format!("{E2}\n"))).unwrap();
+        let ids: Vec<_> = plain.map(|r| r.unwrap().unwrap().audit_id).collect();
+        assert_eq!(ids, ["2"]);
     }
 
     #[test]

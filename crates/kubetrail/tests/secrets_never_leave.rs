@@ -234,3 +234,78 @@ async fn serve_outputs_and_logs_hold_no_secret() {
     assert_eq!(spans.iter().filter(|s| s.kind == 2).count(), 3);
     assert_clean("the OTLP spans", &format!("{spans:?}"));
 }
+
+/// The redaction markers (`<redacted sha256:…>`) in the OTLP/JSON file of one `replay`
+/// process over [`events`], with the salt given through `env`.
+async fn markers_of_one_process(
+    dir: &std::path::Path,
+    run: &str,
+    env: &[(&str, &str)],
+) -> std::collections::BTreeSet<String> {
+    let log = dir.join("audit.log");
+    let lines: Vec<String> = events().iter().map(Value::to_string).collect();
+    std::fs::write(&log, lines.join("\n")).unwrap();
+    let json = dir.join(format!("{run}.jsonl"));
+    let cfg = dir.join("c.yaml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubetrail"));
+    cmd.args(["replay", "--config", cfg.to_str().unwrap()])
+        .args(["--otlp-json", json.to_str().unwrap()])
+        .arg(&log)
+        .env_remove("KUBETRAIL_REDACT_SALT")
+        .env_remove("KUBETRAIL_REDACT_SALT_FILE")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&json).unwrap();
+    assert_clean(run, &text);
+    let mut markers = std::collections::BTreeSet::new();
+    let mut rest = text.as_str();
+    while let Some(i) = rest.find("<redacted sha256:") {
+        let tail = &rest[i..];
+        let end = tail.find('>').expect("a marker ends with >");
+        markers.insert(tail[..=end].to_owned());
+        rest = &tail[end..];
+    }
+    markers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_salt_gives_the_same_markers_in_every_process() {
+    // Two replicas (as the scale-out overlay's `receive` and `consume` Pods) sharing one salt,
+    // once as text and once as a mounted file, must write the same markers: otherwise a value
+    // seen by both looks "changed". Without a shared salt each process picks its own.
+    let dir = tempfile::tempdir().unwrap();
+    let salt = "one salt for every replica, 0123456789";
+    let salt_file = dir.path().join("salt");
+    std::fs::write(&salt_file, format!("{salt}\n")).unwrap();
+    let a = markers_of_one_process(dir.path(), "a", &[("KUBETRAIL_REDACT_SALT", salt)]).await;
+    let b = markers_of_one_process(
+        dir.path(),
+        "b",
+        &[("KUBETRAIL_REDACT_SALT_FILE", salt_file.to_str().unwrap())],
+    )
+    .await;
+    assert!(a.len() >= 2, "the Secret's values became markers: {a:?}");
+    assert_eq!(a, b, "the same salt, as text or file, gives the same markers");
+    let other = markers_of_one_process(
+        dir.path(),
+        "c",
+        &[("KUBETRAIL_REDACT_SALT", "another salt entirely, 9876543210")],
+    )
+    .await;
+    assert!(a.is_disjoint(&other), "another salt, other markers");
+    let unsalted_1 = markers_of_one_process(dir.path(), "d", &[]).await;
+    let unsalted_2 = markers_of_one_process(dir.path(), "e", &[]).await;
+    assert!(
+        unsalted_1.is_disjoint(&unsalted_2),
+        "without a configured salt, each process has its own"
+    );
+}
