@@ -294,7 +294,10 @@ async fn one_salt_gives_the_same_markers_in_every_process() {
     )
     .await;
     assert!(a.len() >= 2, "the Secret's values became markers: {a:?}");
-    assert_eq!(a, b, "the same salt, as text or file, gives the same markers");
+    assert_eq!(
+        a, b,
+        "the same salt, as text or file, gives the same markers"
+    );
     let other = markers_of_one_process(
         dir.path(),
         "c",
