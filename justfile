@@ -51,3 +51,7 @@ cluster:
 cluster-test:
     bash scripts/install-k8s.sh
     cargo test --workspace --locked --test e2e_cluster -- --ignored --nocapture
+
+# Coverage-guided fuzzing (cargo fuzz, nightly): every target for SECONDS (CI: 60).
+fuzz SECONDS="60":
+    bash scripts/fuzz.sh {{SECONDS}}
