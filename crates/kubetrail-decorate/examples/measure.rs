@@ -1,6 +1,6 @@
 //! Rough cost of the decorate stage per event, on a generated stream of rollouts.
 //!
-//! `cargo run --release -p kubetrail-decorate --example measure [--print N]`
+//! `cargo run --release -p kubetrail-decorate --example measure [--print N] [--rounds N]`
 //!
 //! Feeds the mutating `ResponseComplete` events of `kubetrail_gen::VolumeScenario::default()`
 //! (100 Deployments, 300 pods, one rollout each; what the default filter passes) through
@@ -30,6 +30,13 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(0);
+    // Fewer rounds for instruction counting (`valgrind --tool=callgrind`).
+    let rounds: usize = args
+        .iter()
+        .position(|a| a == "--rounds")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(5);
 
     let stream = kubetrail_gen::VolumeScenario::default().generate();
     let lines: Vec<String> = stream
@@ -46,7 +53,7 @@ fn main() {
     // Baseline: parsing the lines (the fastest of 5 runs).
     let mut parse = std::time::Duration::MAX;
     let mut events: Vec<AuditEvent> = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..rounds {
         let t = Instant::now();
         events = lines
             .iter()
@@ -56,7 +63,6 @@ fn main() {
     }
     let places: Vec<Option<ObjectRef>> = events.iter().map(place).collect();
 
-    let rounds = 5;
     let mut best: std::collections::BTreeMap<String, (usize, f64)> = Default::default();
     for round in 0..rounds {
         let mut evs = events.clone();
@@ -169,7 +175,10 @@ fn main() {
         ))
         .unwrap()
     };
-    for (what, deep) in [("parseable", false), ("200 levels deep (fail closed)", true)] {
+    for (what, deep) in [
+        ("parseable", false),
+        ("200 levels deep (fail closed)", true),
+    ] {
         let evs: Vec<AuditEvent> = (0..20_000).map(|i| secret(deep, i)).collect();
         let d = Decorator::new(DecorateConfig::default());
         let mut fastest = f64::MAX;
