@@ -278,16 +278,6 @@ impl Aggregator {
         t.div_euclid(self.window) * self.window
     }
 
-    /// The trace id and object span id an object would get at time `t` as the root of its
-    /// family, in its first segment (what `kubetrail url` computes).
-    pub fn ids_for_root(&self, cluster: &str, root: &ObjectRef, t: UnixNanos) -> (TraceId, SpanId) {
-        let w = self.window_start(t);
-        (
-            ids::trace_id(cluster, root, w),
-            ids::object_span_id(cluster, root, w, 0),
-        )
-    }
-
     fn next_segment(&self, window_start: UnixNanos, cluster: &str, o: &ObjectRef) -> u32 {
         self.segments
             .get(&window_start)

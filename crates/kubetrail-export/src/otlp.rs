@@ -920,8 +920,49 @@ mod tests {
             span(1, 1, None, "kubelet", "c"),
             span(1, 2, Some(1), "kubelet", "c"),
         ];
+        // The warning is the only trace of the rejected span: capture the log.
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(logs.clone())
+            .with_ansi(false)
+            .finish();
+        let guard = tracing::subscriber::set_default(subscriber);
         sink.export(&batch).await.expect("accepted, with a warning");
+        drop(guard);
         server.await.expect("server");
+        let text = logs.text();
+        assert!(
+            text.contains("WARN") && text.contains("rejected spans: span too old"),
+            "{text}"
+        );
+        assert!(text.contains("rejected_spans=1"), "{text}");
+    }
+
+    /// Log output collected in memory (a `MakeWriter` for the fmt subscriber).
+    #[derive(Clone, Default)]
+    struct LogBuffer(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl LogBuffer {
+        fn text(&self) -> String {
+            String::from_utf8_lossy(&self.0.lock().expect("log buffer")).into_owned()
+        }
+    }
+
+    impl std::io::Write for LogBuffer {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().expect("log buffer").extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+        type Writer = LogBuffer;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
     }
 
     #[tokio::test]

@@ -215,9 +215,9 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_stable_and_distinct() {
+    fn ids_are_distinct() {
+        // (Stability across runs and versions: `pinned_values_do_not_drift`.)
         let a = trace_id("c", &obj("web"), 0);
-        assert_eq!(a, trace_id("c", &obj("web"), 0));
         assert_ne!(a, trace_id("c", &obj("web"), 1));
         assert_ne!(a, trace_id("c2", &obj("web"), 0));
         assert_ne!(a, trace_id("c", &obj("api"), 0));

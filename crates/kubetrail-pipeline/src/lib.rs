@@ -176,11 +176,6 @@ impl Pipeline {
         s
     }
 
-    /// The aggregator (for id computations such as `kubetrail url`).
-    pub fn aggregator(&self) -> &Aggregator {
-        &self.aggregator
-    }
-
     /// Objects in the learned graph, families and objects held open, requests pending.
     pub fn sizes(&self) -> (usize, usize, usize, usize) {
         (
