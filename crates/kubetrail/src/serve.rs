@@ -254,11 +254,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     };
     let pipeline = Pipeline::new(cfg.pipeline());
     let worker = match queue {
-        Queue::Memory(_, consumer) => {
+        Queue::Memory(p, consumer) => {
+            // Only the receiver's handle may keep the queue open.
+            drop(p);
             let worker = Worker::new(consumer, pipeline, exporter, config);
             tokio::spawn(worker.run(std::future::pending()))
         }
-        Queue::Durable(_, consumer, log, delivered) => {
+        Queue::Durable(p, consumer, log, delivered) => {
+            drop(p);
             let worker = Worker::new(consumer, pipeline, exporter, config)
                 .suppress(delivered)
                 .on_delivered(Arc::new(move |ids| log.delivered(ids)));
@@ -279,6 +282,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
     let queued_at_stop = producer.health().queued_events;
     close();
+    // The queue ends once every producer handle is gone.
+    drop(close);
     drop(producer);
     let drained = tokio::time::timeout(deadline, async {
         let report = worker
