@@ -422,9 +422,11 @@ impl Writer {
                 }
             }
         }
-        let full = || PublishError::Unavailable {
+        let full = || {
+            PublishError::Unavailable {
             reason: "the durable log's disk budget (queue.durable.disk_bytes) is full of batches not yet exported".into(),
             retry_after: Duration::from_secs(2),
+        }
         };
         for reply in refused {
             let _ = reply.send(Err(full()));

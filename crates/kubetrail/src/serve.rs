@@ -218,7 +218,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         }
         Queue::Durable(p, _, log, _) => {
             let p2 = p.clone();
-            (Arc::new(p.clone()), Box::new(move || p2.close()), Some(log.clone()))
+            (
+                Arc::new(p.clone()),
+                Box::new(move || p2.close()),
+                Some(log.clone()),
+            )
         }
     };
     let threshold = cfg

@@ -35,13 +35,15 @@ fn live_events(n: usize) -> Vec<Value> {
     let stream = kubetrail_gen::VolumeScenario::default().generate();
     assert!(stream.events.len() >= n, "{}", stream.events.len());
     let mut events: Vec<Value> = stream.events.into_iter().take(n).collect();
-    let time = |e: &Value, k: &str| {
-        e[k].as_str()
-            .and_then(kubetrail_model::parse_rfc3339_nanos)
-    };
+    let time = |e: &Value, k: &str| e[k].as_str().and_then(kubetrail_model::parse_rfc3339_nanos);
     let all: Vec<i64> = events
         .iter()
-        .flat_map(|e| [time(e, "requestReceivedTimestamp"), time(e, "stageTimestamp")])
+        .flat_map(|e| {
+            [
+                time(e, "requestReceivedTimestamp"),
+                time(e, "stageTimestamp"),
+            ]
+        })
         .flatten()
         .collect();
     let (t0, t1) = (*all.iter().min().unwrap(), *all.iter().max().unwrap());
@@ -234,6 +236,7 @@ async fn kill_9_during_a_20000_event_run_loses_nothing_acknowledged() {
     let events = live_events(EVENTS);
     let dir = tempfile::tempdir().unwrap();
     let settings = ["--linger", "1h", "--lateness", "30s"];
+    let shutdown = ["--shutdown-timeout", "10m"];
     let want = replay_spans(&events, dir.path(), &settings).await;
     let want_ids = id_set(&want);
     let objects = want.iter().filter(|s| s.kind == OBJECT_KIND).count();
@@ -254,6 +257,7 @@ async fn kill_9_during_a_20000_event_run_loses_nothing_acknowledged() {
             queue.to_str().unwrap(),
         ];
         args.extend(settings);
+        args.extend(shutdown);
         // Three kills at seeded batches: one with a request in flight, two after a 200.
         let mut next = lcg(seed);
         let mut kills = BTreeMap::new();
@@ -300,6 +304,8 @@ async fn kill_9_during_a_20000_event_run_loses_nothing_acknowledged() {
         "1h",
         "--lateness",
         "30s",
+        "--shutdown-timeout",
+        "10m",
     ];
     let kills = BTreeMap::from([(batches as usize / 2, false)]);
     run_with_kills(&events, &args, &kills).await;
@@ -359,8 +365,7 @@ async fn a_segment_cut_mid_record_is_cut_counted_and_the_rest_is_used() {
     f.set_len(len - 1000).unwrap();
     drop(f);
 
-    let (mut child, rest, stderr) =
-        spawn_until(&args, "kubetrail serve: listening on ").await;
+    let (mut child, rest, stderr) = spawn_until(&args, "kubetrail serve: listening on ").await;
     let addr = first_word(&rest);
     assert_eq!(metric(&addr, "kubetrail_log_damaged_total").await, 1.0);
     assert!(metric(&addr, "kubetrail_log_damaged_bytes_total").await > 0.0);
@@ -473,7 +478,10 @@ async fn a_full_disk_budget_answers_503_until_the_exporter_is_back() {
     let retrying = ApiServerClient::new(&format!("http://{addr}/audit/e2e"))
         .with_batch_size(50)
         .with_retries(60, Duration::from_millis(50));
-    let rest: Vec<Value> = chunks[sent..].iter().flat_map(|c| c.iter().cloned()).collect();
+    let rest: Vec<Value> = chunks[sent..]
+        .iter()
+        .flat_map(|c| c.iter().cloned())
+        .collect();
     let r = retrying.send_events(&rest).await.unwrap();
     assert!(r.all_delivered(), "{:?}", r.statuses());
     let status = terminate(&mut child).await;
