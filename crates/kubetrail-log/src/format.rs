@@ -141,7 +141,7 @@ pub fn scan(path: &Path) -> std::io::Result<Scanned> {
                     len: len - 17,
                 });
             }
-            KIND_DELIVERED if (len - 1) % 8 == 0 => {
+            KIND_DELIVERED if (len - 1).is_multiple_of(8) => {
                 for id in payload[1..].chunks_exact(8) {
                     let mut a = [0u8; 8];
                     a.copy_from_slice(id);

@@ -124,13 +124,14 @@ struct Segment {
 }
 
 type Then = Box<dyn FnOnce(u64) -> Result<(), PublishError> + Send>;
+type Reply = oneshot::Sender<Result<(), PublishError>>;
 
 enum Cmd {
     Append {
         body: Vec<u8>,
         max_time: i64,
         then: Then,
-        reply: oneshot::Sender<Result<(), PublishError>>,
+        reply: Reply,
     },
     Delivered(Vec<SpanId>),
     Acked(u64),
@@ -379,7 +380,7 @@ impl Writer {
 
     fn handle(&mut self, group: Vec<Cmd>) {
         let mut buf = Vec::new();
-        let mut done: Vec<(u64, Then, oneshot::Sender<Result<(), PublishError>>)> = Vec::new();
+        let mut done: Vec<(u64, Then, Reply)> = Vec::new();
         let mut refused = Vec::new();
         let mut appended: Vec<(u64, i64)> = Vec::new();
         for cmd in group {
