@@ -26,7 +26,6 @@ fn worker_config() -> WorkerConfig {
             lateness: std::time::Duration::ZERO,
             ..Default::default()
         },
-        ..WorkerConfig::default()
     }
 }
 
