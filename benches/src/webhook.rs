@@ -53,18 +53,91 @@ pub async fn run(
     clients: usize,
     full_pipeline: bool,
 ) -> anyhow::Result<WebhookFigures> {
-    let (producer, mut consumer) = kubetrail_queue::embedded::channel(200_000);
+    run_on(
+        bodies,
+        events_per_body,
+        clients,
+        full_pipeline,
+        BenchQueue::Memory,
+    )
+    .await
+}
+
+/// The queue behind the receiver.
+pub enum BenchQueue {
+    /// The in-memory embedded queue (`serve` without `queue.dir`).
+    Memory,
+    /// The durable log in this (empty) directory with this fsync policy.
+    Durable {
+        /// Log directory.
+        dir: std::path::PathBuf,
+        /// When writes are forced to disk.
+        fsync: kubetrail_log::FsyncPolicy,
+    },
+}
+
+/// [`run`] on the given queue.
+pub async fn run_on(
+    bodies: Vec<Vec<u8>>,
+    events_per_body: usize,
+    clients: usize,
+    full_pipeline: bool,
+    queue: BenchQueue,
+) -> anyhow::Result<WebhookFigures> {
+    let embedded = kubetrail_queue::embedded::channel(200_000);
+    match queue {
+        BenchQueue::Memory => {
+            let (producer, consumer) = embedded;
+            let p = producer.clone();
+            drive(
+                Arc::new(producer),
+                Box::new(move || p.close()),
+                consumer,
+                bodies,
+                events_per_body,
+                clients,
+                full_pipeline,
+            )
+            .await
+        }
+        BenchQueue::Durable { dir, fsync } => {
+            let config = kubetrail_log::LogConfig {
+                fsync,
+                ..Default::default()
+            };
+            let (producer, consumer, log, _) =
+                kubetrail_log::open(&dir, &config, Duration::from_secs(1830), embedded)?;
+            let p = producer.clone();
+            let f = drive(
+                Arc::new(producer),
+                Box::new(move || p.close()),
+                consumer,
+                bodies,
+                events_per_body,
+                clients,
+                full_pipeline,
+            )
+            .await;
+            log.close();
+            f
+        }
+    }
+}
+
+async fn drive<C: AuditConsumer + 'static>(
+    producer: Arc<dyn AuditProducer>,
+    close: Box<dyn Fn() + Send>,
+    mut consumer: C,
+    bodies: Vec<Vec<u8>>,
+    events_per_body: usize,
+    clients: usize,
+    full_pipeline: bool,
+) -> anyhow::Result<WebhookFigures> {
     let config = ReceiverConfig {
         listen: "127.0.0.1:0".parse()?,
         ..ReceiverConfig::default()
     };
-    let receiver = Receiver::bind(
-        config,
-        Arc::new(producer.clone()) as Arc<dyn AuditProducer>,
-        Arc::new(|| Ok(())),
-        None,
-    )
-    .await?;
+    let receiver = Receiver::bind(config, producer.clone(), Arc::new(|| Ok(())), None).await?;
     let addr = receiver.local_addr();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(receiver.serve(async move {
@@ -140,7 +213,8 @@ pub async fn run(
     let elapsed = started.elapsed();
     let _ = stop_tx.send(());
     server.await??;
-    producer.close();
+    close();
+    drop(close);
     drop(producer);
     consumer_task.await?;
     latencies.sort();

@@ -3,7 +3,7 @@
 //! replay's peak memory on a small and a large input (it must be bounded by configuration,
 //! not by input size). `just bench` runs it after the criterion benches.
 //!
-//! Usage: `bench-summary [--namespaces N] [--only-kafka]` (`--only-kafka`: only the Kafka
+//! Usage: `bench-summary [--namespaces N] [--only-kafka | --only-webhook]` (`--only-kafka`: only the Kafka
 //! produce row, against a real Apache Kafka the bench starts); internally re-invokes itself as
 //! `bench-summary replay-only FILE` so each memory measurement has a fresh process.
 
@@ -59,6 +59,12 @@ fn main() -> anyhow::Result<()> {
     println!(
         "kubetrail bench summary: generated dump of {lines} events, {mb:.1} MB ({namespaces} namespaces)"
     );
+    if args.iter().any(|a| a == "--only-webhook") {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        return webhook_rows(&input, &rt);
+    }
     if only_kafka {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -142,31 +148,10 @@ fn main() -> anyhow::Result<()> {
             );
         }
     }
-    // The webhook: 400-event EventLists from 4 concurrent clients on loopback.
-    let bodies = kubetrail_benches::event_list_bodies(&input, 400);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    for (label, full) in [
-        ("receiver + embedded queue", false),
-        ("serve: receiver + pipeline + OTLP encode", true),
-    ] {
-        let f = rt.block_on(kubetrail_benches::webhook::run(
-            bodies.clone(),
-            400,
-            4,
-            full,
-        ))?;
-        println!(
-            "  webhook, {label:<40} {:>8.0} events/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({} bodies, {} answered 503 and were retried)",
-            f.events_per_sec,
-            f.p50.as_secs_f64() * 1e3,
-            f.p99.as_secs_f64() * 1e3,
-            f.max.as_secs_f64() * 1e3,
-            bodies.len(),
-            f.non_200
-        );
-    }
+    webhook_rows(&input, &rt)?;
     kafka_row(&input, &rt);
     Ok(())
 }
@@ -192,4 +177,72 @@ fn kafka_row(input: &[u8], rt: &tokio::runtime::Runtime) {
             )
         }
     }
+}
+
+/// The webhook: in memory and through the durable log (`--only-webhook` runs only these).
+fn webhook_rows(input: &[u8], rt: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    // The webhook: 400-event EventLists from 4 concurrent clients on loopback.
+    let bodies = kubetrail_benches::event_list_bodies(input, 400);
+    for (label, full) in [
+        ("receiver + embedded queue", false),
+        ("serve: receiver + pipeline + OTLP encode", true),
+    ] {
+        let f = rt.block_on(kubetrail_benches::webhook::run(
+            bodies.clone(),
+            400,
+            4,
+            full,
+        ))?;
+        println!(
+            "  webhook, {label:<40} {:>8.0} events/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({} bodies, {} answered 503 and were retried)",
+            f.events_per_sec,
+            f.p50.as_secs_f64() * 1e3,
+            f.p99.as_secs_f64() * 1e3,
+            f.max.as_secs_f64() * 1e3,
+            bodies.len(),
+            f.non_200
+        );
+    }
+    // The same through `serve`'s durable log (issue 16), fsync per batch and relaxed.
+    for (label, fsync) in [
+        (
+            "durable log, fsync per batch",
+            kubetrail_log::FsyncPolicy::Batch,
+        ),
+        (
+            "durable log, fsync every 1 s",
+            kubetrail_log::FsyncPolicy::Interval,
+        ),
+    ] {
+        for full in [false, true] {
+            let dir = tempfile::tempdir_in(
+                std::env::var_os("KUBETRAIL_BENCH_DIR").unwrap_or_else(|| ".".into()),
+            )?;
+            let f = rt.block_on(kubetrail_benches::webhook::run_on(
+                bodies.clone(),
+                400,
+                4,
+                full,
+                kubetrail_benches::webhook::BenchQueue::Durable {
+                    dir: dir.path().to_owned(),
+                    fsync,
+                },
+            ))?;
+            let what = if full {
+                "+ pipeline + OTLP encode"
+            } else {
+                "(acked when queued)"
+            };
+            println!(
+                "  webhook, {label} {what:<26} {:>8.0} events/s  p50 {:>6.1} ms  p99 {:>6.1} ms  max {:>6.1} ms  ({} bodies, {} answered 503 and were retried)",
+                f.events_per_sec,
+                f.p50.as_secs_f64() * 1e3,
+                f.p99.as_secs_f64() * 1e3,
+                f.max.as_secs_f64() * 1e3,
+                bodies.len(),
+                f.non_200
+            );
+        }
+    }
+    Ok(())
 }

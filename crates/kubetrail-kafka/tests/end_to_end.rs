@@ -15,10 +15,17 @@ use tokio::task::JoinHandle;
 
 /// Generated streams carry 2024 timestamps: the wall clock must not move the pipelines'
 /// clocks (as in a replay), or families would be cut wherever batches happen to end.
+/// No lateness: a partition is one source, in time order, so each event is released as it
+/// arrives — a batch is acknowledged (and committed) only once all its events were released,
+/// and with a lateness the last seconds of a partition would stay held (uncommitted) until
+/// the worker stops, which `wait_committed` would wait for in vain.
 fn worker_config() -> WorkerConfig {
     WorkerConfig {
         tick: None,
-        ..WorkerConfig::default()
+        order: kubetrail_pipeline::watermark::OrderConfig {
+            lateness: std::time::Duration::ZERO,
+            ..Default::default()
+        },
     }
 }
 

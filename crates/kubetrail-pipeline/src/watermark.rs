@@ -132,6 +132,10 @@ pub struct Released {
     pub event: AuditEvent,
     /// It arrived after the watermark had passed its time.
     pub late: bool,
+    /// The caller's tag given to [`Sequencer::push_tagged`] (0 for [`Sequencer::push`]): the
+    /// worker tags events with their batch, so a batch is acknowledged only once all its
+    /// events were released.
+    pub tag: u64,
 }
 
 #[derive(Debug)]
@@ -140,6 +144,7 @@ struct Held {
     source: u64,
     cluster: String,
     event: AuditEvent,
+    tag: u64,
 }
 
 impl PartialEq for Held {
@@ -195,6 +200,8 @@ pub struct Sequencer {
     floor: Option<UnixNanos>,
     seq: u64,
     stats: OrderStats,
+    /// Tags of far-ahead events dropped since the last [`Sequencer::take_dropped`].
+    dropped: Vec<u64>,
 }
 
 impl Sequencer {
@@ -231,6 +238,7 @@ impl Sequencer {
             floor: None,
             seq: 0,
             stats: OrderStats::default(),
+            dropped: Vec::new(),
         }
     }
 
@@ -257,6 +265,19 @@ impl Sequencer {
     /// Accepts one event from `source`. `now` is wall time in live modes, `None` in replays.
     /// Call [`release`](Self::release) to take out what became due.
     pub fn push(&mut self, source: &str, cluster: &str, event: AuditEvent, now: Option<UnixNanos>) {
+        self.push_tagged(source, cluster, event, now, 0);
+    }
+
+    /// [`push`](Self::push) with a tag that comes back with the event in [`Released::tag`]
+    /// (or from [`take_dropped`](Self::take_dropped) if it is dropped).
+    pub fn push_tagged(
+        &mut self,
+        source: &str,
+        cluster: &str,
+        event: AuditEvent,
+        now: Option<UnixNanos>,
+        tag: u64,
+    ) {
         let Some(time) = event.end_time() else {
             // Nothing to order by: the pipeline counts it as untimed.
             self.stats.untimed += 1;
@@ -264,6 +285,7 @@ impl Sequencer {
                 cluster: cluster.to_owned(),
                 event,
                 late: false,
+                tag,
             });
             return;
         };
@@ -302,6 +324,7 @@ impl Sequencer {
             source: src.id,
             cluster: cluster.to_owned(),
             event,
+            tag,
         };
         let far_ahead = frontier.is_some_and(|f| time > f.saturating_add(self.max_ahead));
         if far_ahead {
@@ -322,6 +345,7 @@ impl Sequencer {
             while self.aside.len() > self.max_aside {
                 if let Some((_, h)) = self.aside.pop_last() {
                     self.stats.ahead_dropped += 1;
+                    self.dropped.push(h.tag);
                     tracing::error!(
                         audit_id = %h.key.audit_id,
                         time = %kubetrail_model::format_rfc3339(h.key.time),
@@ -340,6 +364,7 @@ impl Sequencer {
                 cluster: held.cluster,
                 event: held.event,
                 late: true,
+                tag: held.tag,
             });
             return;
         }
@@ -357,6 +382,7 @@ impl Sequencer {
                 cluster: h.cluster,
                 event: h.event,
                 late: false,
+                tag: h.tag,
             });
         }
     }
@@ -455,11 +481,18 @@ impl Sequencer {
                     cluster: h.cluster,
                     event: h.event,
                     late: false,
+                    tag: h.tag,
                 });
             }
         }
         self.floor = Some(w);
         Some(w)
+    }
+
+    /// The tags of far-ahead events dropped (counted in [`OrderStats::ahead_dropped`]) since
+    /// the last call: they will never be released.
+    pub fn take_dropped(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.dropped)
     }
 
     /// Releases everything still held, in order (end of input, shutdown).
@@ -477,6 +510,7 @@ impl Sequencer {
                 cluster: h.cluster,
                 event: h.event,
                 late: false,
+                tag: h.tag,
             });
         }
         if let Some(t) = last {

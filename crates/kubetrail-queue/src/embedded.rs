@@ -92,13 +92,13 @@ pub fn channel_bounded(
 /// The producing side; cheap to clone. The queue closes when every producer is dropped.
 #[derive(Clone)]
 pub struct EmbeddedProducer {
-    tx: mpsc::UnboundedSender<(AuditBatch, Held)>,
+    tx: mpsc::UnboundedSender<(AuditBatch, Held, u64)>,
     shared: Arc<Shared>,
 }
 
 /// The consuming side.
 pub struct EmbeddedConsumer {
-    rx: mpsc::UnboundedReceiver<(AuditBatch, Held)>,
+    rx: mpsc::UnboundedReceiver<(AuditBatch, Held, u64)>,
     shared: Arc<Shared>,
 }
 
@@ -161,16 +161,35 @@ impl EmbeddedProducer {
                 _events: events,
                 _bytes: bytes,
             },
+            0,
         )
     }
 
-    fn send(&self, batch: AuditBatch, permit: Held) -> Result<(), PublishError> {
+    /// Takes room for `batch` now (or fails like [`AuditProducer::publish`] when full), to
+    /// queue it later with [`send_reserved`](Self::send_reserved): a durable log writes the
+    /// batch to disk in between, so a batch it accepted always fits in memory too.
+    pub fn try_reserve(&self, batch: &AuditBatch) -> Result<Reservation, PublishError> {
+        self.try_acquire(batch).map(Reservation)
+    }
+
+    /// Queues a batch whose room was reserved; `tag` comes back from
+    /// [`EmbeddedConsumer::recv_tagged`] (a durable log's sequence number).
+    pub fn send_reserved(
+        &self,
+        batch: AuditBatch,
+        reservation: Reservation,
+        tag: u64,
+    ) -> Result<(), PublishError> {
+        self.send(batch, reservation.0, tag)
+    }
+
+    fn send(&self, batch: AuditBatch, permit: Held, tag: u64) -> Result<(), PublishError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
         let n = batch.events.len();
         self.tx
-            .send((batch, permit))
+            .send((batch, permit, tag))
             .map_err(|_| PublishError::Closed)?;
         metrics::counter!("kubetrail_queue_events_published_total", "queue" => "embedded")
             .increment(n as u64);
@@ -192,14 +211,23 @@ impl EmbeddedProducer {
     }
 }
 
-#[async_trait::async_trait]
-impl AuditProducer for EmbeddedProducer {
-    async fn publish(&self, batch: AuditBatch) -> Result<(), PublishError> {
+/// Room reserved in the queue for one batch ([`EmbeddedProducer::try_reserve`]); dropping it
+/// gives the room back.
+pub struct Reservation(Held);
+
+impl std::fmt::Debug for Reservation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Reservation")
+    }
+}
+
+impl EmbeddedProducer {
+    fn try_acquire(&self, batch: &AuditBatch) -> Result<Held, PublishError> {
         if self.shared.closed.load(Ordering::Acquire) {
             return Err(PublishError::Closed);
         }
         let n = batch.events.len();
-        let u = units(batch_bytes(&batch));
+        let u = units(batch_bytes(batch));
         self.shared.check_size(n, u)?;
         let acquired = self
             .shared
@@ -218,7 +246,7 @@ impl AuditProducer for EmbeddedProducer {
                 })
             });
         match acquired {
-            Ok(permit) => self.send(batch, permit),
+            Ok(permit) => Ok(permit),
             Err(tokio::sync::TryAcquireError::Closed) => Err(PublishError::Closed),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
                 metrics::counter!("kubetrail_queue_full_total", "queue" => "embedded").increment(1);
@@ -229,6 +257,14 @@ impl AuditProducer for EmbeddedProducer {
                 })
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditProducer for EmbeddedProducer {
+    async fn publish(&self, batch: AuditBatch) -> Result<(), PublishError> {
+        let held = self.try_acquire(&batch)?;
+        self.send(batch, held, 0)
     }
 
     fn health(&self) -> QueueHealth {
@@ -247,12 +283,15 @@ impl EmbeddedConsumer {
     pub fn queued(&self) -> usize {
         self.shared.capacity - self.shared.permits.available_permits()
     }
-}
 
-#[async_trait::async_trait]
-impl AuditConsumer for EmbeddedConsumer {
-    async fn recv(&mut self) -> Option<Received> {
-        let (batch, permit) = self.rx.recv().await?;
+    /// The next batch with the tag it was sent with
+    /// ([`EmbeddedProducer::send_reserved`]; 0 otherwise).
+    pub async fn recv_tagged(&mut self) -> Option<(Received, u64)> {
+        let (batch, permit, tag) = self.rx.recv().await?;
+        Some((self.received(batch, permit), tag))
+    }
+
+    fn received(&self, batch: AuditBatch, permit: Held) -> Received {
         let shared = self.shared.clone();
         let ack = Ack::new(move || {
             drop(permit);
@@ -261,7 +300,14 @@ impl AuditConsumer for EmbeddedConsumer {
             metrics::gauge!("kubetrail_queue_depth_bytes", "queue" => "embedded")
                 .set(shared.queued_bytes() as f64);
         });
-        Some(Received { batch, ack })
+        Received { batch, ack }
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditConsumer for EmbeddedConsumer {
+    async fn recv(&mut self) -> Option<Received> {
+        self.recv_tagged().await.map(|(r, _)| r)
     }
 }
 

@@ -21,13 +21,16 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kubetrail_export::{ExporterClosed, ExporterHandle};
+use kubetrail_model::ids::SpanId;
 use kubetrail_model::{SpanRecord, UnixNanos};
 use kubetrail_pipeline::watermark::{OrderConfig, OrderStats, Sequencer};
 use kubetrail_pipeline::{Pipeline, PipelineStats};
-use kubetrail_queue::{AuditConsumer, Received};
+use kubetrail_queue::{Ack, AuditConsumer, Received};
+use tokio::sync::oneshot;
 
 /// How the worker runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +60,18 @@ pub struct WorkerReport {
     pub pipeline: PipelineStats,
     /// What ordering by event time did (late, far-ahead, reordered events).
     pub order: OrderStats,
+    /// Spans not exported because they were delivered before a restart.
+    pub suppressed: u64,
+}
+
+/// Called with the ids of spans once every sink delivered them (see
+/// [`Worker::on_delivered`]).
+pub type DeliveredHook = std::sync::Arc<dyn Fn(&[SpanId]) + Send + Sync>;
+
+/// A batch taken from the queue whose events are not all released by the sequencer yet.
+struct Pending {
+    remaining: usize,
+    ack: Ack,
 }
 
 /// Runs the pipeline over everything a consumer yields.
@@ -68,6 +83,19 @@ pub struct Worker<C> {
     published: PipelineStats,
     sequencer: Sequencer,
     published_order: OrderStats,
+    /// Batches still waiting for some of their events to be released, by tag.
+    pending: BTreeMap<u64, Pending>,
+    next_tag: u64,
+    /// Batches all of whose events were released in the current round.
+    completed: Vec<Ack>,
+    /// Tags released in the current round (scratch).
+    released: Vec<u64>,
+    /// Resolves once every earlier round's spans were delivered (`true`) or the exporter
+    /// stopped (`false`).
+    chain: Option<oneshot::Receiver<bool>>,
+    suppressed: HashSet<SpanId>,
+    suppressed_count: u64,
+    on_delivered: Option<DeliveredHook>,
 }
 
 async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
@@ -102,11 +130,38 @@ impl<C: AuditConsumer> Worker<C> {
             config,
             published: PipelineStats::default(),
             published_order: OrderStats::default(),
+            pending: BTreeMap::new(),
+            next_tag: 1,
+            completed: Vec::new(),
+            released: Vec::new(),
+            chain: None,
+            suppressed: HashSet::new(),
+            suppressed_count: 0,
+            on_delivered: None,
         }
+    }
+
+    /// Spans with these ids are not exported: they were delivered before a restart (the
+    /// durable log recorded them) and are produced again only because the retained history
+    /// is processed again to rebuild the pipeline's state.
+    pub fn suppress(mut self, ids: HashSet<SpanId>) -> Self {
+        self.suppressed = ids;
+        self
+    }
+
+    /// Calls `hook` with the ids of the spans of every submission once it was delivered (so a
+    /// durable log can record what need not be exported again after a restart).
+    pub fn on_delivered(mut self, hook: DeliveredHook) -> Self {
+        self.on_delivered = Some(hook);
+        self
     }
 
     /// Processes batches until the queue is closed and drained, or `stop` resolves; then emits
     /// every open family and waits until the exporter has delivered everything.
+    ///
+    /// A batch is acknowledged once **all its events were released** by the sequencer (or
+    /// dropped by it, counted) and the spans of every round up to the one that released its
+    /// last event were delivered: events the watermark still holds are not yet safe.
     pub async fn run(
         mut self,
         stop: impl std::future::Future<Output = ()>,
@@ -129,29 +184,19 @@ impl<C: AuditConsumer> Worker<C> {
                     report.batches += 1;
                     // Wall time only while caught up: a backlog is ordered on its own time.
                     let now = (live && self.consumer.caught_up()).then(wall_now);
+                    let tag = self.next_tag;
+                    self.next_tag += 1;
+                    if batch.events.is_empty() {
+                        self.completed.push(ack);
+                    } else {
+                        self.pending.insert(tag, Pending { remaining: batch.events.len(), ack });
+                    }
                     let source = batch.source.as_deref().unwrap_or(&batch.cluster);
                     for event in batch.events {
-                        self.sequencer.push(source, &batch.cluster, event, now);
+                        self.sequencer.push_tagged(source, &batch.cluster, event, now, tag);
                     }
                     self.release(now, &mut out);
-                    let delivery = self.exporter.submit(std::mem::take(&mut out)).await?;
-                    // Acknowledge once delivered. Spans the exporter dropped on purpose were
-                    // counted and logged there: acknowledged, so they are not redelivered
-                    // forever. If the exporter stopped, nothing is acknowledged: a durable
-                    // queue (Kafka) delivers the batch again after the restart.
-                    tokio::spawn(async move {
-                        match delivery.wait().await {
-                            Ok(()) => ack.done(),
-                            Err(e @ kubetrail_export::DeliveryError::Dropped { .. }) => {
-                                tracing::warn!(error = %e, "spans of a batch were not delivered");
-                                ack.done();
-                            }
-                            Err(e) => {
-                                tracing::error!(error = %e, "the exporter stopped: the batch stays unacknowledged");
-                                drop(ack);
-                            }
-                        }
-                    });
+                    self.submit(&mut out).await?;
                     self.publish_metrics();
                 }
                 () = next_tick(&mut ticker) => {
@@ -161,36 +206,129 @@ impl<C: AuditConsumer> Worker<C> {
                         continue;
                     }
                     self.release(Some(wall_now()), &mut out);
-                    if !out.is_empty() {
-                        let _delivery = self.exporter.submit(std::mem::take(&mut out)).await?;
-                    }
+                    self.submit(&mut out).await?;
                     self.publish_metrics();
                 }
             }
         }
         let pipeline = &mut self.pipeline;
-        self.sequencer
-            .drain(|r| pipeline.push_marked(&r.cluster, r.event, r.late, &mut out));
+        let released = &mut self.released;
+        self.sequencer.drain(|r| {
+            released.push(r.tag);
+            pipeline.push_marked(&r.cluster, r.event, r.late, &mut out)
+        });
+        self.settle_released();
         self.pipeline.finish(&mut out);
-        if !out.is_empty() {
-            let _delivery = self.exporter.submit(std::mem::take(&mut out)).await?;
-        }
+        // Whatever is still pending can never be released now (nothing is held any more).
+        let rest = std::mem::take(&mut self.pending);
+        self.completed.extend(rest.into_values().map(|p| p.ack));
+        self.submit(&mut out).await?;
         self.exporter.flush().await?;
+        if let Some(chain) = self.chain.take() {
+            let _ = chain.await;
+        }
         self.publish_metrics();
         report.pipeline = self.pipeline.stats();
         report.order = self.sequencer.stats().clone();
+        report.suppressed = self.suppressed_count;
         Ok(report)
     }
 
     /// Hands the pipeline what the watermark has passed, then moves its clock to it.
     fn release(&mut self, now: Option<UnixNanos>, out: &mut Vec<SpanRecord>) {
         let pipeline = &mut self.pipeline;
+        let released = &mut self.released;
         let watermark = self.sequencer.release(now, |r| {
+            released.push(r.tag);
             pipeline.push_marked(&r.cluster, r.event, r.late, out)
         });
         if let Some(w) = watermark {
             self.pipeline.advance(w, out);
         }
+        self.settle_released();
+    }
+
+    /// Counts the released (and dropped) events against their batches; a batch with none
+    /// left joins this round's acknowledgements.
+    fn settle_released(&mut self) {
+        let mut tags = std::mem::take(&mut self.released);
+        tags.extend(self.sequencer.take_dropped());
+        for tag in tags.drain(..) {
+            if let Some(p) = self.pending.get_mut(&tag) {
+                p.remaining = p.remaining.saturating_sub(1);
+                if p.remaining == 0
+                    && let Some(p) = self.pending.remove(&tag)
+                {
+                    self.completed.push(p.ack);
+                }
+            }
+        }
+        self.released = tags;
+    }
+
+    /// Submits this round's spans and acknowledges the batches completed in it once they and
+    /// every earlier round's spans were delivered.
+    async fn submit(&mut self, out: &mut Vec<SpanRecord>) -> Result<(), ExporterClosed> {
+        if !self.suppressed.is_empty() {
+            let before = out.len();
+            let suppressed = &self.suppressed;
+            out.retain(|s| !suppressed.contains(&s.span_id));
+            let n = (before - out.len()) as u64;
+            if n > 0 {
+                self.suppressed_count += n;
+                metrics::counter!("kubetrail_spans_suppressed_total").increment(n);
+            }
+        }
+        if out.is_empty() && self.completed.is_empty() {
+            return Ok(());
+        }
+        let ids: Option<Vec<SpanId>> = self
+            .on_delivered
+            .as_ref()
+            .filter(|_| !out.is_empty())
+            .map(|_| out.iter().map(|s| s.span_id).collect());
+        let delivery = self.exporter.submit(std::mem::take(out)).await?;
+        let acks = std::mem::take(&mut self.completed);
+        let before = self.chain.take();
+        let (done, chain) = oneshot::channel();
+        self.chain = Some(chain);
+        let hook = self.on_delivered.clone();
+        tokio::spawn(async move {
+            // Spans the exporter dropped on purpose were counted and logged there:
+            // acknowledged, so they are not redelivered forever. If the exporter stopped,
+            // nothing is acknowledged: a durable queue delivers the batch again after the
+            // restart.
+            let own = match delivery.wait().await {
+                Ok(()) => {
+                    if let (Some(hook), Some(ids)) = (hook, ids) {
+                        hook(&ids);
+                    }
+                    true
+                }
+                Err(e @ kubetrail_export::DeliveryError::Dropped { .. }) => {
+                    tracing::warn!(error = %e, "spans of a batch were not delivered");
+                    true
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the exporter stopped: the batch stays unacknowledged");
+                    false
+                }
+            };
+            let earlier = match before {
+                Some(rx) => rx.await.unwrap_or(false),
+                None => true,
+            };
+            let ok = own && earlier;
+            if ok {
+                for ack in acks {
+                    ack.done();
+                }
+            } else {
+                drop(acks);
+            }
+            let _ = done.send(ok);
+        });
+        Ok(())
     }
 
     /// Publishes the pipeline's counters to the metrics recorder (as deltas, so the hot path
@@ -412,6 +550,110 @@ mod tests {
                 .count(),
             1,
             "finish emits the open family"
+        );
+    }
+
+    /// A consumer fed by the test, whose acknowledgements say when they ran.
+    struct ChannelConsumer {
+        rx: mpsc::UnboundedReceiver<(AuditBatch, kubetrail_queue::Ack)>,
+    }
+
+    #[async_trait::async_trait]
+    impl AuditConsumer for ChannelConsumer {
+        async fn recv(&mut self) -> Option<Received> {
+            let (batch, ack) = self.rx.recv().await?;
+            Some(Received { batch, ack })
+        }
+    }
+
+    /// With a lateness, the sequencer holds a batch's events after the batch was received:
+    /// the batch is acknowledged only once they were released and their spans delivered —
+    /// not when the spans of whatever the sequencer released at the time were.
+    #[tokio::test]
+    async fn with_lateness_a_batch_is_acknowledged_only_after_its_own_events_are_exported() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let gate = Arc::new(Semaphore::new(0));
+        let (got_tx, mut got) = mpsc::unbounded_channel();
+        let spans = Arc::new(Mutex::new(Vec::new()));
+        let sink = GatedSink {
+            gate: gate.clone(),
+            got: got_tx,
+            spans: spans.clone(),
+        };
+        let config = ExporterConfig {
+            max_batch_delay: Duration::from_millis(1),
+            ..Default::default()
+        };
+        let (exporter, exporter_task) = Exporter::spawn(vec![Box::new(sink)], config);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = Worker::new(
+            ChannelConsumer { rx },
+            Pipeline::new(Default::default()),
+            exporter,
+            WorkerConfig {
+                tick: None,
+                order: OrderConfig {
+                    lateness: Duration::from_secs(5),
+                    ..Default::default()
+                },
+            },
+        );
+        let worker = tokio::spawn(worker.run(std::future::pending()));
+        // Spans delivered (past the gate) when each acknowledgement ran.
+        let delivered = Arc::new(AtomicUsize::new(0));
+        let (acked_tx, mut acked) = mpsc::unbounded_channel();
+        let send = |name: &'static str, t: &str| {
+            let (delivered, acked_tx) = (delivered.clone(), acked_tx.clone());
+            let batch = AuditBatch {
+                cluster: "c".into(),
+                events: vec![event(t)],
+                ..Default::default()
+            };
+            let ack = kubetrail_queue::Ack::explicit(move || {
+                let _ = acked_tx.send((name, delivered.load(Ordering::SeqCst)));
+            });
+            tx.send((batch, ack)).unwrap();
+        };
+        let open = |n: usize| {
+            delivered.fetch_add(n, Ordering::SeqCst);
+            gate.add_permits(n);
+        };
+        // A at 0 s is held (watermark −5 s); B at 10 s moves the watermark to 5 s: A's
+        // event is released, B's is held.
+        send("A", "2024-01-01T00:00:00Z");
+        send("B", "2024-01-01T00:00:10Z");
+        assert_eq!(got.recv().await, Some(1), "A's request span");
+        open(1);
+        assert_eq!(
+            acked.recv().await,
+            Some(("A", 1)),
+            "A once its span is delivered"
+        );
+        // B's event is released only by C's time; B's acknowledgement waits for its span.
+        send("C", "2024-01-01T00:00:20Z");
+        assert_eq!(got.recv().await, Some(1), "B's request span");
+        open(1);
+        assert_eq!(
+            acked.recv().await,
+            Some(("B", 2)),
+            "B only after its own span was delivered"
+        );
+        // End of input: C's event is released by the drain; the family is emitted.
+        drop(tx);
+        open(100);
+        let (name, at) = acked.recv().await.unwrap();
+        assert_eq!(name, "C");
+        assert!(at >= 3, "C after its span: {at}");
+        let report = worker.await.unwrap().unwrap();
+        assert_eq!(report.batches, 3);
+        drop(exporter_task.await.unwrap());
+        let spans = spans.lock().unwrap();
+        assert_eq!(
+            spans
+                .iter()
+                .filter(|s| s.kind == kubetrail_model::SpanKind::Request)
+                .count(),
+            3
         );
     }
 

@@ -109,6 +109,13 @@ pub struct QueueSection {
     /// bodies, strings, a fixed cost per event). A few huge events fill it long before
     /// `events` is reached.
     pub bytes: usize,
+    /// `serve`: the durable log's directory (ARCHITECTURE.md "The durable log"). Every
+    /// accepted batch is on disk there before the API server gets 200, and is processed
+    /// again after a crash. Absent: in memory only — what was accepted but not yet exported
+    /// is lost on a crash (`kill -9`, OOM kill, node failure).
+    pub dir: Option<std::path::PathBuf>,
+    /// The durable log's fsync policy, disk budget, segment size and retention.
+    pub durable: kubetrail_log::LogConfig,
 }
 
 impl Default for QueueSection {
@@ -116,6 +123,8 @@ impl Default for QueueSection {
         QueueSection {
             events: 100_000,
             bytes: 512 << 20,
+            dir: None,
+            durable: kubetrail_log::LogConfig::default(),
         }
     }
 }

@@ -15,6 +15,22 @@ use crate::cli::{ServeArgs, WebhookArgs};
 use crate::config::{Config, JsonFileMode, export_sinks};
 use crate::replay::effective_config;
 
+/// The queue between the webhook and the worker.
+enum Queue {
+    /// In memory only (no `queue.dir`).
+    Memory(
+        kubetrail_queue::embedded::EmbeddedProducer,
+        kubetrail_queue::embedded::EmbeddedConsumer,
+    ),
+    /// The durable log in front of the in-memory queue, with the spans delivered before.
+    Durable(
+        kubetrail_log::DurableProducer,
+        kubetrail_log::DurableConsumer,
+        kubetrail_log::LogHandle,
+        std::collections::HashSet<kubetrail_model::ids::SpanId>,
+    ),
+}
+
 /// Default listen address: loopback, so that a bare `kubetrail serve` is never exposed.
 pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -147,8 +163,68 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
 
     let queue_events = args.queue_events.unwrap_or(cfg.queue.events);
-    let (producer, consumer) =
-        kubetrail_queue::embedded::channel_bounded(queue_events, cfg.queue.bytes);
+    let embedded = kubetrail_queue::embedded::channel_bounded(queue_events, cfg.queue.bytes);
+    let queue = match args.queue_dir.clone().or(cfg.queue.dir.clone()) {
+        None => {
+            tracing::warn!(
+                "no queue.dir: the queue is in memory only; batches acknowledged but not yet exported are lost on a crash"
+            );
+            eprintln!(
+                "kubetrail serve: queue in memory only (no --queue-dir / queue.dir): a crash loses what was acknowledged but not yet exported"
+            );
+            Queue::Memory(embedded.0, embedded.1)
+        }
+        Some(dir) => {
+            let retention = cfg
+                .queue
+                .durable
+                .retention
+                .unwrap_or(cfg.aggregate.window + cfg.aggregate.linger);
+            let (producer, consumer, log, recovery) =
+                match kubetrail_log::open(&dir, &cfg.queue.durable, retention, embedded) {
+                    Ok(v) => v,
+                    Err(e) => {
+                        drop(exporter);
+                        let _ = exporter_task.await;
+                        return Err(anyhow::Error::new(e).context("cannot open the durable log"));
+                    }
+                };
+            eprintln!(
+                "kubetrail serve: durable log {} (fsync {:?}, budget {} bytes): {} retained batches in {} segments ({} bytes) to process again, {} spans delivered before; {} damaged tails cut ({} bytes)",
+                dir.display(),
+                cfg.queue.durable.fsync,
+                cfg.queue.durable.disk_bytes,
+                recovery.batches,
+                recovery.segments,
+                recovery.bytes,
+                recovery.delivered.len(),
+                recovery.damaged,
+                recovery.damaged_bytes
+            );
+            tracing::info!(
+                dir = %dir.display(),
+                batches = recovery.batches,
+                delivered = recovery.delivered.len(),
+                damaged = recovery.damaged,
+                "durable log opened"
+            );
+            Queue::Durable(producer, consumer, log, recovery.delivered)
+        }
+    };
+    let (producer, close, log): (Arc<dyn AuditProducer>, Box<dyn Fn() + Send>, _) = match &queue {
+        Queue::Memory(p, _) => {
+            let p2 = p.clone();
+            (Arc::new(p.clone()), Box::new(move || p2.close()), None)
+        }
+        Queue::Durable(p, _, log, _) => {
+            let p2 = p.clone();
+            (
+                Arc::new(p.clone()),
+                Box::new(move || p2.close()),
+                Some(log.clone()),
+            )
+        }
+    };
     let threshold = cfg
         .server
         .export_failure_threshold
@@ -156,7 +232,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let rc = receiver_config(&args.webhook, &cfg, &cluster)?;
     let bound = Receiver::bind(
         rc,
-        Arc::new(producer.clone()) as Arc<dyn AuditProducer>,
+        producer.clone(),
         Arc::new(export_readiness(exporter.clone(), threshold)),
         Some(metrics),
     )
@@ -176,16 +252,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     tracing::info!(%addr, cluster = %cluster, queue_events, "serving");
 
-    let worker = Worker::new(
-        consumer,
-        Pipeline::new(cfg.pipeline()),
-        exporter,
-        WorkerConfig {
-            order: cfg.time.clone(),
-            ..Default::default()
-        },
-    );
-    let worker = tokio::spawn(worker.run(std::future::pending()));
+    let config = WorkerConfig {
+        order: cfg.time.clone(),
+        ..Default::default()
+    };
+    let pipeline = Pipeline::new(cfg.pipeline());
+    let worker = match queue {
+        Queue::Memory(p, consumer) => {
+            // Only the receiver's handle may keep the queue open.
+            drop(p);
+            let worker = Worker::new(consumer, pipeline, exporter, config);
+            tokio::spawn(worker.run(std::future::pending()))
+        }
+        Queue::Durable(p, consumer, log, delivered) => {
+            drop(p);
+            let worker = Worker::new(consumer, pipeline, exporter, config)
+                .suppress(delivered)
+                .on_delivered(Arc::new(move |ids| log.delivered(ids)));
+            tokio::spawn(worker.run(std::future::pending()))
+        }
+    };
 
     receiver
         .serve(shutdown)
@@ -199,7 +285,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .or(cfg.shutdown_timeout)
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
     let queued_at_stop = producer.health().queued_events;
-    producer.close();
+    close();
+    // The queue ends once every producer handle is gone.
+    drop(close);
     drop(producer);
     let drained = tokio::time::timeout(deadline, async {
         let report = worker
@@ -212,6 +300,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         anyhow::Ok((report, export))
     })
     .await;
+    if let Some(log) = log {
+        // Everything exported is recorded; the writer syncs and stops.
+        log.close();
+    }
     match drained {
         Ok(Ok((report, export))) => {
             eprintln!(
