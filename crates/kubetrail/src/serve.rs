@@ -176,6 +176,28 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     tracing::info!(%addr, cluster = %cluster, queue_events, "serving");
 
+    // `follow:` in the config: audit log files followed into the same pipeline.
+    let (mut followers, follow_consumer) = if cfg.follow.paths.is_empty() {
+        (None, None)
+    } else {
+        let (tx, rx) = crate::follow::worker_channel();
+        let (f, caught_up) = crate::follow::Followers::start(
+            &cfg.follow,
+            &cluster,
+            crate::follow::Downstream::Worker(tx),
+            crate::follow::lookback(&cfg, false),
+            cfg.source.max_record_bytes,
+        )?;
+        eprintln!(
+            "kubetrail serve: following {} audit log file(s)",
+            cfg.follow.paths.len()
+        );
+        (Some(f), Some(crate::follow::consumer(rx, caught_up)))
+    };
+    let consumer = crate::follow::JoinedConsumer {
+        webhook: Some(consumer),
+        follow: follow_consumer,
+    };
     let worker = Worker::new(
         consumer,
         Pipeline::new(cfg.pipeline()),
@@ -198,6 +220,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .shutdown_timeout
         .or(cfg.shutdown_timeout)
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    if let Some(f) = followers.as_mut() {
+        f.stop_reading().await;
+    }
     let queued_at_stop = producer.health().queued_events;
     producer.close();
     drop(producer);
@@ -214,6 +239,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     .await;
     match drained {
         Ok(Ok((report, export))) => {
+            if let Some(f) = &followers {
+                f.write_final_state(export.spans_dropped == 0 && export.finish_errors.is_empty())?;
+            }
             eprintln!(
                 "kubetrail serve: stopped after draining {queued_at_stop} queued events: {} events processed, {} spans exported, {} dropped",
                 report.pipeline.events_in, export.spans_exported, export.spans_dropped
@@ -223,8 +251,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Err(e)) => Err(e),
+        Ok(Err(e)) => {
+            if let Some(f) = &followers {
+                f.write_final_state(false)?;
+            }
+            Err(e)
+        }
         Err(_) => {
+            if let Some(f) = &followers {
+                f.write_final_state(false)?;
+            }
             eprintln!(
                 "kubetrail serve: shutdown deadline of {}s passed before the queue was drained and the exporter flushed; \
                  {queued_at_stop} events were queued at shutdown and what was not exported is lost",
