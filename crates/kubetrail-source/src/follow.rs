@@ -315,8 +315,14 @@ impl Open {
         };
         let data = &buf[..n];
         if self.head.len() < FINGERPRINT_BYTES {
-            let take = (FINGERPRINT_BYTES - self.head.len()).min(n);
-            self.head.extend_from_slice(&data[..take]);
+            if self.head.len() as u64 == self.read {
+                let take = (FINGERPRINT_BYTES - self.head.len()).min(n);
+                self.head.extend_from_slice(&data[..take]);
+            } else if !self.gz {
+                // Started past the head (a resumed position in a file that was shorter than
+                // the fingerprint then): read the head again.
+                self.head = read_head(&self.path, FINGERPRINT_BYTES).map_err(io_err(&self.path))?;
+            }
         }
         self.read += n as u64;
         let mut rest = data;
@@ -349,6 +355,30 @@ impl Open {
             }
         }
         Ok(n)
+    }
+
+    /// Whether the file was truncated, or truncated and written again, under us: shorter
+    /// than what was read, or its first bytes are no longer the ones read.
+    fn replaced(&self) -> Result<bool, FollowError> {
+        use std::os::unix::fs::FileExt as _;
+        let len = self.file.metadata().map_err(io_err(&self.path))?.len();
+        if len < self.read {
+            return Ok(true);
+        }
+        if self.head.is_empty() {
+            return Ok(false);
+        }
+        let mut now = vec![0u8; self.head.len()];
+        let mut got = 0;
+        while got < now.len() {
+            match self.file.read_at(&mut now[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(io_err(&self.path)(e)),
+            }
+        }
+        Ok(got < now.len() || now != self.head)
     }
 
     fn too_long(&self, line: u64, max_record: usize) -> Malformed {
@@ -551,6 +581,12 @@ impl Tailer {
             let Some(cur) = self.cur.as_mut() else {
                 continue;
             };
+            if cur.live && !cur.gz && cur.replaced()? {
+                self.stats.truncations += 1;
+                tracing::warn!(path = %self.live.display(), read = cur.read, "the audit log was truncated (copytruncate?): reading it again from its start");
+                self.cur = None;
+                continue;
+            }
             let start = cur.position();
             let n = cur.read_some(self.max_record, &mut records)?;
             if n > 0 {
@@ -616,13 +652,6 @@ impl Tailer {
                     }
                 }
                 Ok(_) => {
-                    let len = cur.file.metadata().map_err(io_err(&self.live))?.len();
-                    if !cur.gz && len < cur.read {
-                        self.stats.truncations += 1;
-                        tracing::warn!(path = %self.live.display(), read = cur.read, len, "the audit log was truncated (copytruncate?): reading it again from its start");
-                        self.cur = None;
-                        continue;
-                    }
                     self.caught_up = true;
                     return Ok(None);
                 }
@@ -726,6 +755,16 @@ mod tests {
         append(&log, &format!("{}\n", ev("3")));
         assert_eq!(drain(&mut t).0, ["3"]);
         assert_eq!(t.stats().truncations, 1);
+        // Truncated and written again past the old length before the next look.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&log)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        append(&log, &format!("{}\n{}\n{}\n", ev("4"), ev("5"), ev("6")));
+        assert_eq!(drain(&mut t).0, ["4", "5", "6"]);
+        assert_eq!(t.stats().truncations, 2);
     }
 
     #[test]

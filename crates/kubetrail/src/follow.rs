@@ -170,8 +170,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What a state file says, without its time stamp.
-fn positions(s: &StateFile) -> Vec<(&String, &Option<kubetrail_source::follow::Position>, &Option<kubetrail_source::follow::Position>)> {
-    s.logs.iter().map(|(k, l)| (k, &l.committed, &l.resume)).collect()
+fn positions(
+    s: &StateFile,
+) -> Vec<(
+    &String,
+    &Option<kubetrail_source::follow::Position>,
+    &Option<kubetrail_source::follow::Position>,
+)> {
+    s.logs
+        .iter()
+        .map(|(k, l)| (k, &l.committed, &l.resume))
+        .collect()
 }
 
 fn snapshot(logs: &[Arc<LogShared>], clean: bool) -> StateFile {
@@ -228,7 +237,11 @@ impl Followers {
             }
             let prior = saved.as_ref().and_then(|s| s.logs.get(&key)).cloned();
             let (resume, saved_at, committed) = match &prior {
-                Some(p) => (p.resume.clone(), Some(p.saved_at.clone()), p.committed.clone()),
+                Some(p) => (
+                    p.resume.clone(),
+                    Some(p.saved_at.clone()),
+                    p.committed.clone(),
+                ),
                 None => (None, None, None),
             };
             let tailer = Tailer::resume(
@@ -298,7 +311,8 @@ impl Followers {
                             Ok(Ok(())) => {}
                             Ok(Err(e)) => {
                                 tracing::error!(error = %e, "cannot write the follow state file");
-                                metrics::counter!("kubetrail_follow_state_write_errors_total").increment(1);
+                                metrics::counter!("kubetrail_follow_state_write_errors_total")
+                                    .increment(1);
                             }
                             Err(e) => tracing::error!(error = %e, "state writer stopped"),
                         }
@@ -421,7 +435,9 @@ fn follow_log(
                 shared.caught_up.store(false, Ordering::Relaxed);
             }
             Ok(None) => {
-                shared.caught_up.store(tailer.caught_up(), Ordering::Relaxed);
+                shared
+                    .caught_up
+                    .store(tailer.caught_up(), Ordering::Relaxed);
                 if let Some(p) = tailer.position() {
                     metrics::gauge!("kubetrail_follow_read_bytes", &labels).set(p.offset as f64);
                 }
@@ -512,7 +528,10 @@ pub(crate) fn worker_channel() -> (mpsc::Sender<Received>, mpsc::Receiver<Receiv
 }
 
 /// The consumer over the followers' channel.
-pub(crate) fn consumer(rx: mpsc::Receiver<Received>, caught_up: Vec<Arc<AtomicBool>>) -> FollowConsumer {
+pub(crate) fn consumer(
+    rx: mpsc::Receiver<Received>,
+    caught_up: Vec<Arc<AtomicBool>>,
+) -> FollowConsumer {
     FollowConsumer { rx, caught_up }
 }
 
@@ -530,7 +549,10 @@ fn serve_metrics(
             "/metrics",
             axum::routing::get(move || std::future::ready(render())),
         )
-        .route("/healthz", axum::routing::get(|| std::future::ready("ok\n")));
+        .route(
+            "/healthz",
+            axum::routing::get(|| std::future::ready("ok\n")),
+        );
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics endpoint failed");
@@ -597,8 +619,7 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         );
         shutdown.await;
         followers.stop_reading().await;
-        let flushed =
-            tokio::task::spawn_blocking(move || producer.inner.flush(deadline)).await?;
+        let flushed = tokio::task::spawn_blocking(move || producer.inner.flush(deadline)).await?;
         let clean = flushed.is_ok();
         followers.write_final_state(clean)?;
         if let Err(e) = flushed {
@@ -688,4 +709,3 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         }
     }
 }
-
