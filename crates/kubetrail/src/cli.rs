@@ -339,6 +339,36 @@ pub struct FollowArgs {
     /// How long shutdown may take to drain and flush (config: `shutdown_timeout`).
     #[arg(long, env = "KUBETRAIL_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// Instead of running the pipeline here, POST the events to a central `kubetrail serve`
+    /// (or `receive`) webhook, e.g. https://kubetrail.kubetrail.svc:8443/audit/prod: one
+    /// pipeline then merges every API server's log.
+    #[arg(long, env = "KUBETRAIL_FORWARD_URL", value_name = "URL", conflicts_with_all = ["kafka_brokers", "otlp_json", "otlp_endpoint"])]
+    pub forward_url: Option<String>,
+    /// Bearer token for --forward-url: the first line of this file.
+    #[arg(
+        long,
+        env = "KUBETRAIL_FORWARD_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "forward_url"
+    )]
+    pub forward_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) the --forward-url server's certificate must chain to.
+    #[arg(
+        long,
+        env = "KUBETRAIL_FORWARD_CA",
+        value_name = "PATH",
+        requires = "forward_url"
+    )]
+    pub forward_ca: Option<PathBuf>,
+    /// The `source` this node's batches carry to the central webhook (default: the host name;
+    /// several paths: NAME-0, NAME-1 …), so it merges the API servers by time.
+    #[arg(
+        long,
+        env = "KUBETRAIL_FORWARD_SOURCE",
+        value_name = "NAME",
+        requires = "forward_url"
+    )]
+    pub forward_source: Option<String>,
     /// The live audit log files (kube-apiserver's --audit-log-path), one per API server
     /// (config: `follow.paths`). Their rotated backups next to them are found by name.
     #[arg(value_name = "PATH")]

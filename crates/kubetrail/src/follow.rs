@@ -346,6 +346,11 @@ impl Followers {
         }
     }
 
+    /// Batches read but not delivered (a stop interrupted the retries towards a queue).
+    pub(crate) fn undelivered(&self) -> usize {
+        self.logs.iter().map(|l| lock(&l.tracker).in_flight()).sum()
+    }
+
     /// Writes the final state: `clean` once everything read was delivered (then a restart
     /// reads nothing twice), else the running state (a restart re-reads the lookback).
     pub(crate) fn write_final_state(&self, clean: bool) -> anyhow::Result<()> {
@@ -595,6 +600,52 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
     let max_record = cfg.source.max_record_bytes;
 
+    if let Some(url) = &args.forward_url {
+        // Towards a central webhook: delivered once it answered 200 (the batch is queued
+        // there); its pipeline merges every node's log.
+        let source = match &args.forward_source {
+            Some(s) => s.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_else(|_| "follow".to_owned()),
+        };
+        let keys: Vec<String> = section
+            .paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        let forwarder = Arc::new(crate::forward::WebhookForwarder::new(
+            url,
+            args.forward_token_file.as_deref(),
+            args.forward_ca.as_deref(),
+            &source,
+            &keys,
+        )?);
+        let (mut followers, _) = Followers::start(
+            &section,
+            &cluster,
+            Downstream::Producer(forwarder as Arc<dyn AuditProducer>),
+            lookback(&cfg, true),
+            max_record,
+        )?;
+        eprintln!(
+            "kubetrail follow: following {} log(s), forwarding to {url} as source {source}",
+            section.paths.len()
+        );
+        shutdown.await;
+        followers.stop_reading().await;
+        let undelivered = followers.undelivered();
+        followers.write_final_state(undelivered == 0)?;
+        if undelivered > 0 {
+            eprintln!(
+                "kubetrail follow: stopped with {undelivered} batches not taken by {url}: the state file keeps them, a restart sends them"
+            );
+            return Ok(ExitCode::from(3));
+        }
+        eprintln!("kubetrail follow: stopped");
+        return Ok(ExitCode::SUCCESS);
+    }
+
     if args.kafka.kafka_brokers.is_some() {
         // Towards Kafka: the consumers run the pipeline; a batch is delivered once the
         // brokers acknowledged it.
@@ -620,7 +671,7 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         shutdown.await;
         followers.stop_reading().await;
         let flushed = tokio::task::spawn_blocking(move || producer.inner.flush(deadline)).await?;
-        let clean = flushed.is_ok();
+        let clean = flushed.is_ok() && followers.undelivered() == 0;
         followers.write_final_state(clean)?;
         if let Err(e) = flushed {
             eprintln!("kubetrail follow: the producer could not flush before the deadline: {e}");

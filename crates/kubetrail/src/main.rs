@@ -8,6 +8,7 @@
 mod cli;
 mod config;
 mod follow;
+mod forward;
 mod replay;
 mod scaleout;
 mod serve;

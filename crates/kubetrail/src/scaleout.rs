@@ -143,7 +143,7 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
     let flushed = tokio::task::spawn_blocking(move || producer.inner.flush(deadline)).await?;
     if let Some(f) = &followers {
-        f.write_final_state(flushed.is_ok())?;
+        f.write_final_state(flushed.is_ok() && f.undelivered() == 0)?;
     }
     if let Err(e) = flushed {
         eprintln!("kubetrail receive: the producer could not flush before the deadline: {e}");

@@ -32,6 +32,15 @@ fn append(path: &Path, text: &str) {
     f.sync_all().unwrap();
 }
 
+/// Which of two API servers served a request (by its audit ID).
+fn server_of(e: &Value) -> usize {
+    let id = e["auditID"].as_str().unwrap();
+    let h = id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    });
+    (h % 2) as usize
+}
+
 fn lines_of(events: &[Value]) -> Vec<String> {
     events
         .iter()
@@ -316,4 +325,125 @@ async fn a_sigterm_restart_reads_nothing_twice() {
     assert_eq!(id_set(&got), id_set(&want), "{text}");
     let ids: BTreeSet<&str> = got.iter().map(|s| s.span_id.as_str()).collect();
     assert_eq!(ids.len(), got.len(), "no span exported twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_forwarding_to_a_central_serve_give_the_merged_replays_spans() {
+    // Two API servers' logs, one per control-plane node, each followed by its own `follow`
+    // that POSTs to one `serve` (token-authenticated), which merges them by time. The lines
+    // are as fresh as a live log's (event time = wall time): the central serve orders its
+    // sources on the wall clock. The rollout (~35 s) must not straddle a 30-minute window
+    // boundary: close to one, start just after it (within the watermark's far-ahead bound).
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as i64;
+    const WINDOW: i64 = 30 * 60 * 1_000_000_000;
+    let next_window = now - now.rem_euclid(WINDOW) + WINDOW;
+    let start = if now + 60_000_000_000 < next_window {
+        now
+    } else {
+        next_window + 1_000_000_000
+    };
+    let stream = RolloutScenario {
+        cluster_start: start,
+        ..Default::default()
+    }
+    .generate();
+    let lines = lines_of(&stream.events);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tokens = d.join("tokens");
+    std::fs::write(&tokens, "s3cret-token-for-the-forwarders\n").unwrap();
+    let out = d.join("serve.jsonl");
+    let s = |p: &Path| p.display().to_string();
+    // The central serve knows its sources, so it holds events until both have spoken.
+    let serve_config = d.join("serve.yaml");
+    std::fs::write(
+        &serve_config,
+        "time:\n  expect_sources: [apiserver-0, apiserver-1]\n",
+    )
+    .unwrap();
+    let (mut serve, rest, serve_err) = spawn_until(
+        &[
+            "serve",
+            "--config",
+            &s(&serve_config),
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            CLUSTER,
+            "--linger",
+            "1h",
+            "--token-file",
+            &s(&tokens),
+            "--otlp-json",
+            &s(&out),
+        ],
+        "kubetrail serve: listening on ",
+    )
+    .await;
+    let addr = common::first_word(&rest);
+    let mut nodes = Vec::new();
+    for node in 0..2 {
+        let nd = d.join(format!("node{node}"));
+        std::fs::create_dir(&nd).unwrap();
+        let log = nd.join("audit.log");
+        // An API server logs every stage of the requests it serves.
+        let mine: String = stream
+            .events
+            .iter()
+            .zip(&lines)
+            .filter(|(e, _)| server_of(e) == node)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        append(&log, &mine);
+        let state = nd.join("state.json");
+        let config = nd.join("kubetrail.yaml");
+        std::fs::write(
+            &config,
+            "follow:\n  state_interval: 100ms\n  poll_interval: 20ms\n",
+        )
+        .unwrap();
+        let (child, _, err) = spawn_until(
+            &[
+                "follow",
+                "--config",
+                &s(&config),
+                "--state-file",
+                &s(&state),
+                "--forward-url",
+                &format!("http://{addr}/audit/{CLUSTER}"),
+                "--forward-token-file",
+                &s(&tokens),
+                "--forward-source",
+                &format!("apiserver-{node}"),
+                &s(&log),
+            ],
+            "kubetrail follow: following ",
+        )
+        .await;
+        nodes.push((child, err, log, state));
+    }
+    for (_, _, log, state) in &nodes {
+        wait_delivered(state, log, log, "forwarded");
+    }
+    for (mut child, err, _, _) in nodes {
+        let status = terminate(&mut child).await;
+        let text = err.await.unwrap();
+        assert!(status.success(), "{text}");
+    }
+    let status = terminate(&mut serve).await;
+    let text = serve_err.await.unwrap();
+    assert!(status.success(), "{text}");
+    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let want = replay_spans(d, &lines).await;
+    let (got, want) = (id_set(&got), id_set(&want));
+    assert_eq!(
+        got,
+        want,
+        "only in serve: {:?}\nonly in replay: {:?}\n{text}",
+        got.difference(&want).collect::<Vec<_>>(),
+        want.difference(&got).collect::<Vec<_>>()
+    );
 }
