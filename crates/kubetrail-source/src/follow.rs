@@ -233,7 +233,7 @@ struct Open {
 }
 
 impl Open {
-    fn open(path: &Path, live: bool) -> Result<Option<Open>, FollowError> {
+    fn at(path: &Path, live: bool) -> Result<Option<Open>, FollowError> {
         let (file, reader, gz) = match open_content(path) {
             Ok(x) => x,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -461,8 +461,10 @@ impl Tailer {
             return Ok(t);
         };
         // The live file, else a backup it was rotated into (newest first).
-        if same_file(live, &pos.file) {
-            if let Some(mut open) = Open::open(live, true)? {
+        if same_file(live, &pos.file)
+            && let Some(mut open) = Open::at(live, true)?
+        {
+            {
                 let len = open.file.metadata().map_err(io_err(live))?.len();
                 if !open.gz && len < pos.offset {
                     t.stats.truncations += 1;
@@ -476,8 +478,10 @@ impl Tailer {
         }
         let list = backups(live)?;
         for (stamp, path) in list.iter().rev() {
-            if same_file(path, &pos.file) {
-                if let Some(mut open) = Open::open(path, false)? {
+            if same_file(path, &pos.file)
+                && let Some(mut open) = Open::at(path, false)?
+            {
+                {
                     open.skip_to(pos.offset, pos.line)?;
                     t.cur = Some(open);
                     t.after_stamp = Some(stamp.clone());
@@ -496,8 +500,7 @@ impl Tailer {
         t.after_stamp = Some(
             list.iter()
                 .map(|(s, _)| s.clone())
-                .filter(|s| s.as_str() < since)
-                .next_back()
+                .rfind(|s| s.as_str() < since)
                 .unwrap_or_default(),
         );
         Ok(t)
@@ -532,7 +535,7 @@ impl Tailer {
                 .find(|(s, _)| s.as_str() > after.as_str());
             if let Some((stamp, path)) = next {
                 self.after_stamp = Some(stamp);
-                if let Some(open) = Open::open(&path, false)? {
+                if let Some(open) = Open::at(&path, false)? {
                     self.cur = Some(open);
                     return Ok(true);
                 }
@@ -542,7 +545,7 @@ impl Tailer {
             }
             self.after_stamp = None;
         }
-        let Some(mut open) = Open::open(&self.live, true)? else {
+        let Some(mut open) = Open::at(&self.live, true)? else {
             return Ok(false);
         };
         if std::mem::take(&mut self.start_at_end) && !open.gz {
