@@ -1121,7 +1121,10 @@ fn control_plane_follow_tails_the_audit_log_read_only_and_forwards_to_serve() {
     assert_eq!(kind(w), "DaemonSet");
     let pod = pod_spec(w);
     assert_eq!(
-        str_at(pod, &["nodeSelector", "node-role.kubernetes.io/control-plane"]),
+        str_at(
+            pod,
+            &["nodeSelector", "node-role.kubernetes.io/control-plane"]
+        ),
         Some(""),
         "runs on control-plane nodes"
     );
@@ -1213,7 +1216,11 @@ fn control_plane_follow_tails_the_audit_log_read_only_and_forwards_to_serve() {
         }
     }
     // The webhook admits the followers (an extra, additive policy).
-    let np = find(&objects, "NetworkPolicy", "kubetrail-webhook-from-followers");
+    let np = find(
+        &objects,
+        "NetworkPolicy",
+        "kubetrail-webhook-from-followers",
+    );
     let from = &seq_at(&seq_at(np, &["spec", "ingress"])[0], &["from"])[0];
     assert!(labels_match(
         at(from, &["podSelector", "matchLabels"]).unwrap(),
