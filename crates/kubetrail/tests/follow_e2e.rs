@@ -447,3 +447,76 @@ async fn two_nodes_forwarding_to_a_central_serve_give_the_merged_replays_spans()
         want.difference(&got).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_with_a_follow_section_exports_the_file_and_its_webhook_traffic() {
+    // `serve` follows a log file (config `follow:`) and takes webhook batches at once; the
+    // two sources merged are the spans of one replay of both.
+    let start = live_start();
+    let web = RolloutScenario {
+        cluster_start: start,
+        ..Default::default()
+    }
+    .generate();
+    let api = RolloutScenario {
+        seed: 3,
+        cluster_start: start,
+        namespace: "billing".into(),
+        deployment: "api".into(),
+        nodes: vec!["worker-9".into()],
+        ..Default::default()
+    }
+    .generate();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("audit.log");
+    let state = d.join("state.json");
+    let out = d.join("serve.jsonl");
+    append(&log, &lines_of(&web.events).concat());
+    let config = d.join("serve.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "follow:\n  paths: [{}]\n  state_file: {}\n  state_interval: 100ms\n  poll_interval: 20ms\n",
+            log.display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (mut serve, rest, err) = spawn_until(
+        &[
+            "serve",
+            "--config",
+            &s(&config),
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            CLUSTER,
+            "--linger",
+            "1h",
+            "--otlp-json",
+            &s(&out),
+        ],
+        "kubetrail serve: listening on ",
+    )
+    .await;
+    let addr = common::first_word(&rest);
+    let client = kubetrail_testkit::ApiServerClient::new(&format!(
+        "http://{addr}/audit/{CLUSTER}?source=apiserver-2"
+    ))
+    .with_batch_size(400);
+    let r = client.send_events(&api.events).await.unwrap();
+    assert!(r.all_delivered(), "{:?}", r.statuses());
+    wait_delivered(&state, &log, &log, "followed by serve");
+    let status = terminate(&mut serve).await;
+    let text = err.await.unwrap();
+    assert!(status.success(), "{text}");
+    let st: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(st["logs"][log.to_str().unwrap()]["clean"], true, "{st}");
+    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let mut both = lines_of(&web.events);
+    both.extend(lines_of(&api.events));
+    let want = replay_spans(d, &both).await;
+    assert_eq!(id_set(&got), id_set(&want), "{text}");
+}
