@@ -51,14 +51,26 @@ fn main() -> anyhow::Result<()> {
     std::fs::write(&log, "")?;
     std::fs::write(&out, "")?;
     let mut child = Command::new(&bin)
-        .args(["follow", "--cluster", "bench", "--linger", "1h", "--otlp-json"])
+        .args([
+            "follow",
+            "--cluster",
+            "bench",
+            "--linger",
+            "1h",
+            "--otlp-json",
+        ])
         .arg(&out)
         .args(&argv)
         .arg(&log)
         .stdin(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    let mut stderr = BufReader::new(child.stderr.take().ok_or_else(|| anyhow::anyhow!("stderr"))?);
+    let mut stderr = BufReader::new(
+        child
+            .stderr
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stderr"))?,
+    );
     let mut line = String::new();
     loop {
         line.clear();
