@@ -277,7 +277,7 @@ impl Open {
 
     /// Skips `n` bytes of content (a resumed position), keeping the head for the fingerprint.
     fn skip_to(&mut self, n: u64, line: u64) -> Result<(), FollowError> {
-        self.head = read_head(&self.path, FINGERPRINT_BYTES).map_err(io_err(&self.path))?;
+        self.head = self.read_own_head()?;
         if self.gz {
             let copied = io::copy(&mut (&mut self.reader).take(n), &mut io::sink())
                 .map_err(io_err(&self.path))?;
@@ -321,7 +321,7 @@ impl Open {
             } else if !self.gz {
                 // Started past the head (a resumed position in a file that was shorter than
                 // the fingerprint then): read the head again.
-                self.head = read_head(&self.path, FINGERPRINT_BYTES).map_err(io_err(&self.path))?;
+                self.head = self.read_own_head()?;
             }
         }
         self.read += n as u64;
@@ -355,6 +355,29 @@ impl Open {
             }
         }
         Ok(n)
+    }
+
+    /// The first bytes of the open file's content (through this handle: the path may
+    /// name another file by now).
+    fn read_own_head(&self) -> Result<Vec<u8>, FollowError> {
+        use std::os::unix::fs::FileExt as _;
+        let err = io_err(&self.path);
+        if self.gz {
+            // A backup: complete and renamed at most, never replaced.
+            return read_head(&self.path, FINGERPRINT_BYTES).map_err(err);
+        }
+        let mut head = vec![0u8; FINGERPRINT_BYTES];
+        let mut got = 0;
+        while got < head.len() {
+            match self.file.read_at(&mut head[got..], got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(err(e)),
+            }
+        }
+        head.truncate(got);
+        Ok(head)
     }
 
     /// Whether the file was truncated, or truncated and written again, under us: shorter
