@@ -230,6 +230,8 @@ struct Open {
     partial: Vec<u8>,
     /// Inside a line longer than the record limit: dropping bytes until its newline.
     skipping: bool,
+    /// The read buffer, reused (at most 1 MiB).
+    buf: Vec<u8>,
 }
 
 impl Open {
@@ -254,6 +256,7 @@ impl Open {
             head: Vec::new(),
             partial: Vec::new(),
             skipping: false,
+            buf: Vec::new(),
         }))
     }
 
@@ -305,15 +308,32 @@ impl Open {
         max_record: usize,
         out: &mut Vec<Result<AuditEvent, Malformed>>,
     ) -> Result<usize, FollowError> {
-        let mut buf = vec![0u8; READ_CHUNK.min(max_record.max(4096) * 2)];
+        let size = READ_CHUNK.min(max_record.max(4096) * 2);
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.resize(size, 0);
         let n = loop {
             match self.reader.read(&mut buf) {
                 Ok(n) => break n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(io_err(&self.path)(e)),
+                Err(e) => {
+                    self.buf = buf;
+                    return Err(io_err(&self.path)(e));
+                }
             }
         };
-        let data = &buf[..n];
+        let result = self.consume_read(&buf[..n], max_record, out);
+        self.buf = buf;
+        result
+    }
+
+    /// Takes `n` freshly read bytes: the fingerprint head, complete lines, the partial line.
+    fn consume_read(
+        &mut self,
+        data: &[u8],
+        max_record: usize,
+        out: &mut Vec<Result<AuditEvent, Malformed>>,
+    ) -> Result<usize, FollowError> {
+        let n = data.len();
         if self.head.len() < FINGERPRINT_BYTES {
             if self.head.len() as u64 == self.read {
                 let take = (FINGERPRINT_BYTES - self.head.len()).min(n);
