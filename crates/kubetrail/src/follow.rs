@@ -526,6 +526,18 @@ pub(crate) fn lookback(cfg: &Config, towards_kafka: bool) -> Duration {
     }
 }
 
+/// Declares every followed log as a source the sequencer waits for: a log read in a backlog
+/// (the first start, a re-read after a crash) must not let time run ahead of another log
+/// that has not been read yet, or the second log's events arrive late.
+pub(crate) fn expect_sources(cfg: &mut Config) {
+    for p in &cfg.follow.paths {
+        let key = p.display().to_string();
+        if !cfg.time.expect_sources.contains(&key) {
+            cfg.time.expect_sources.push(key);
+        }
+    }
+}
+
 /// A worker channel for the followers: the sender for [`Downstream::Worker`] and the
 /// consumer, once the caught-up flags are known.
 pub(crate) fn worker_channel() -> (mpsc::Sender<Received>, mpsc::Receiver<Received>) {
@@ -588,6 +600,7 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         section.start_at = s.into();
     }
     cfg.follow = section.clone();
+    expect_sources(&mut cfg);
     let metrics =
         kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
     kubetrail_export::describe_metrics();

@@ -126,7 +126,8 @@ pub(crate) fn shutdown_signal()
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()?;
-    let (cfg, cluster) = effective_config(&args.pipeline)?;
+    let (mut cfg, cluster) = effective_config(&args.pipeline)?;
+    crate::follow::expect_sources(&mut cfg);
     let metrics =
         kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
     kubetrail_export::describe_metrics();

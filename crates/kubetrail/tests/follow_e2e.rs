@@ -520,3 +520,43 @@ async fn serve_with_a_follow_section_exports_the_file_and_its_webhook_traffic() 
     let want = replay_spans(d, &both).await;
     assert_eq!(id_set(&got), id_set(&want), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_follow_of_two_api_servers_logs_merges_them_by_time() {
+    // A log host with both API servers' files: one `follow`, two sources, one merged stream.
+    let stream = RolloutScenario {
+        cluster_start: live_start(),
+        ..Default::default()
+    }
+    .generate();
+    let lines = lines_of(&stream.events);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("follow.jsonl");
+    let state = d.join("state.json");
+    let logs: Vec<_> = (0..2)
+        .map(|n| d.join(format!("node{n}-audit.log")))
+        .collect();
+    for (n, log) in logs.iter().enumerate() {
+        let mine: String = stream
+            .events
+            .iter()
+            .zip(&lines)
+            .filter(|(e, _)| server_of(e) == n)
+            .map(|(_, l)| l.as_str())
+            .collect();
+        append(log, &mine);
+    }
+    let mut follow = Follow::new(d, &logs[0], &out, &state);
+    follow.args.push(logs[1].display().to_string());
+    let (mut child, stderr) = follow.start().await;
+    for log in &logs {
+        wait_delivered(&state, log, log, "both logs");
+    }
+    let status = terminate(&mut child).await;
+    let text = stderr.await.unwrap();
+    assert!(status.success(), "{text}");
+    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let want = replay_spans(d, &lines).await;
+    assert_eq!(id_set(&got), id_set(&want), "{text}");
+}
