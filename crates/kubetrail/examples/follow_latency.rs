@@ -122,9 +122,9 @@ fn main() -> anyhow::Result<()> {
         .status();
     let _ = child.wait();
     samples.sort();
-    let q = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize];
+    let q = |p: f64| samples[((samples.len() - 1) as f64 * p).round() as usize].as_millis();
     println!(
-        "follow {}: {} lines, line written → request span exported: p50 {:.0?}, p90 {:.0?}, p99 {:.0?}, max {:.0?}",
+        "follow {}: {} lines, line written → request span exported: p50 {} ms, p90 {} ms, p99 {} ms, max {} ms",
         argv.join(" "),
         samples.len(),
         q(0.5),
