@@ -141,3 +141,52 @@ async fn follow_into_kafka_survives_sigkill_and_consume_equals_replay() {
     assert_eq!(id_set(&got), expected);
     assert!(terminate(&mut consume).await.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn receive_with_a_follow_section_produces_the_file_once() {
+    // `receive` follows a log file (config `follow:`) into its topic, next to the webhook.
+    let stream = RolloutScenario::default().generate();
+    let broker = KafkaBroker::start().unwrap();
+    broker.create_topic("audit", 2).unwrap();
+    let brokers = broker.addr().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let log = d.join("audit.log");
+    let state = d.join("state.json");
+    append(&log, &stream.to_json_lines());
+    let config = d.join("receive.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "follow:\n  paths: [{}]\n  state_file: {}\n  state_interval: 100ms\n  poll_interval: 20ms\n",
+            log.display(),
+            state.display()
+        ),
+    )
+    .unwrap();
+    let s = |p: &Path| p.display().to_string();
+    let (mut receive, _, err) = spawn_until(
+        &[
+            "receive",
+            "--listen",
+            "127.0.0.1:0",
+            "--cluster",
+            "e2e",
+            "--config",
+            &s(&config),
+            "--kafka-brokers",
+            &brokers,
+            "--kafka-topic",
+            "audit",
+        ],
+        "kubetrail receive: listening on ",
+    )
+    .await;
+    wait_delivered(&state, &log);
+    assert!(terminate(&mut receive).await.success());
+    let text = err.await.unwrap();
+    let messages: i64 = broker.end_offsets("audit").unwrap().values().sum();
+    assert_eq!(messages as usize, stream.events.len(), "{text}");
+    let st: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
+    assert_eq!(st["logs"][log.to_str().unwrap()]["clean"], true, "{st}");
+}
