@@ -16,8 +16,10 @@ const BUFFER_BYTES: usize = 256 << 10;
 /// of the OpenTelemetry Collector's file exporter (and what its `otlpjsonfile` receiver reads).
 ///
 /// Ids are lower-case hex strings and timestamps decimal strings, as the OTLP/JSON encoding
-/// specifies. Output is buffered: an accepted [`export`](SpanSink::export) means the line is
-/// in the buffer, and [`finish`](SpanSink::finish) flushes it and, for a file, fsyncs.
+/// specifies. An accepted [`export`](SpanSink::export) means the line was handed to the
+/// operating system (a file's batch is flushed: a process killed after the export was
+/// acknowledged — `follow`, `serve` — has still written it), and [`finish`](SpanSink::finish)
+/// flushes and, for a file, fsyncs. Standard output stays buffered until `finish`.
 /// I/O errors are [permanent](ExportError::Permanent) (the batch is dropped and counted, not
 /// retried into a full disk or a closed pipe); after one, the file may end with a partial
 /// line, which readers of this format skip.
@@ -114,7 +116,13 @@ impl SpanSink for OtlpJsonFileSink {
             .writer()
             .write_all(&line)
             .await
-            .map_err(|e| io_error("cannot write to", &self.target, &e))
+            .map_err(|e| io_error("cannot write to", &self.target, &e))?;
+        if let Output::File(w) = &mut self.out {
+            w.flush()
+                .await
+                .map_err(|e| io_error("cannot write to", &self.target, &e))?;
+        }
+        Ok(())
     }
 
     async fn finish(&mut self) -> Result<(), ExportError> {

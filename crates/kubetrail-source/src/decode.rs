@@ -49,6 +49,10 @@ pub(crate) struct Document {
     pub events: Vec<AuditEvent>,
     /// Items that were rejected (only for lists and arrays).
     pub errors: Vec<ItemError>,
+    /// Indices (in `errors`' `index` space) of the rejected items that are not errors but
+    /// records of something else: cloud log entries that carry no Kubernetes audit event
+    /// (GKE cluster operations, CloudWatch control messages). Counted apart from malformed.
+    pub skipped: Vec<usize>,
 }
 
 #[derive(Deserialize)]
@@ -100,6 +104,7 @@ pub(crate) fn decode_document(bytes: &[u8]) -> Document {
         shape: Shape::Event,
         events: Vec::new(),
         errors: Vec::new(),
+        skipped: Vec::new(),
     };
     let trimmed = text.trim_start();
     // Shape dispatch. A new input format is one more arm here.
@@ -215,7 +220,12 @@ fn cloud_document(bytes: &[u8], doc: &mut Document) -> bool {
     for (index, item) in cloud.items.into_iter().enumerate() {
         match item {
             crate::cloud::CloudItem::Event(e) => doc.events.push(*e),
-            crate::cloud::CloudItem::Bad(e) | crate::cloud::CloudItem::Skipped(e) => {
+            crate::cloud::CloudItem::Bad(e) => doc.errors.push(ItemError {
+                index,
+                reason: e.reason,
+            }),
+            crate::cloud::CloudItem::Skipped(e) => {
+                doc.skipped.push(index);
                 doc.errors.push(ItemError {
                     index,
                     reason: e.reason,

@@ -12,6 +12,8 @@
 //! * the managed clouds' log envelopes (AKS diagnostic records, EKS CloudWatch/Firehose,
 //!   GKE Cloud Logging `LogEntry`s), recognised by [`cloud::decode_cloud_document`].
 //!
+//! [`follow`] tails live log files across rotation for `kubetrail follow`.
+//!
 //! A malformed line or list item is reported as a [`Malformed`] record with its line number
 //! and reason, and reading goes on: one bad line never costs the rest of the file.
 
@@ -20,6 +22,7 @@
 
 pub mod cloud;
 mod decode;
+pub mod follow;
 mod framing;
 pub mod inputs;
 pub mod merge;
@@ -27,7 +30,8 @@ mod reader;
 
 pub use decode::{ItemError, decode_event_list};
 pub use reader::{
-    DEFAULT_MAX_RECORD_BYTES, EventReader, Malformed, OpenedInput, SourceError, open_input,
+    DEFAULT_MAX_RECORD_BYTES, EventReader, Malformed, OpenedInput, SourceError, decode_record,
+    open_input,
 };
 
 pub use kubetrail_model::AuditEvent;

@@ -53,6 +53,10 @@ pub struct Malformed {
     pub item: Option<usize>,
     /// Why it was rejected.
     pub reason: String,
+    /// Not an error: a record of something other than the Kubernetes API (a cloud log entry
+    /// of another service, a CloudWatch control message), skipped on purpose. Counted apart
+    /// from malformed records.
+    pub skipped: bool,
 }
 
 impl std::fmt::Display for Malformed {
@@ -230,76 +234,15 @@ impl EventReader {
         self.size
     }
 
-    fn malformed(
-        &self,
-        line: u64,
-        item: Option<usize>,
-        reason: impl std::fmt::Display,
-    ) -> Malformed {
-        // Reasons quote the input (serde names the bad value): never let its control
-        // characters reach a terminal raw.
-        let mut reason: String = reason
-            .to_string()
-            .chars()
-            .flat_map(|c| {
-                let unsafe_char = c.is_control()
-                    || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
-                let escaped: Box<dyn Iterator<Item = char>> = if unsafe_char {
-                    Box::new(c.escape_default())
-                } else {
-                    Box::new(std::iter::once(c))
-                };
-                escaped
-            })
-            .collect();
-        if reason.len() > MAX_REASON {
-            let mut cut = MAX_REASON;
-            while !reason.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            reason.truncate(cut);
-            reason.push('…');
-        }
-        Malformed {
-            input: self.name.clone(),
-            line,
-            item,
-            reason,
-        }
-    }
-
     /// Decodes one framed record into pending records.
     fn decode_frame(&mut self, frame: Frame) {
         match frame {
             Frame::Broken { line, reason } => {
-                let m = self.malformed(line, None, reason);
+                let m = malformed(&self.name, line, None, reason);
                 self.pending.push_back(Err(m));
             }
             Frame::Document { line, text } => {
-                let doc = decode_document(&text);
-                if let Shape::Invalid(reason) = doc.shape {
-                    let m = self.malformed(line, None, reason);
-                    self.pending.push_back(Err(m));
-                    return;
-                }
-                // Events and item errors in item order.
-                let mut errors = doc.errors.into_iter().peekable();
-                let mut index = 0;
-                for e in doc.events {
-                    while errors.peek().is_some_and(|x| x.index == index) {
-                        if let Some(x) = errors.next() {
-                            let m = self.malformed(line, Some(x.index), x.reason);
-                            self.pending.push_back(Err(m));
-                        }
-                        index += 1;
-                    }
-                    self.pending.push_back(Ok(e));
-                    index += 1;
-                }
-                for x in errors {
-                    let m = self.malformed(line, Some(x.index), x.reason);
-                    self.pending.push_back(Err(m));
-                }
+                decode_record_into(&self.name, line, &text, &mut self.pending);
             }
         }
     }
@@ -330,6 +273,92 @@ impl EventReader {
             }
         }
         Ok(())
+    }
+}
+
+/// A malformed record of `input` at `line`, its reason escaped (no control characters or bidi
+/// overrides from the input) and cut to a readable length.
+fn malformed(
+    input: &str,
+    line: u64,
+    item: Option<usize>,
+    reason: impl std::fmt::Display,
+) -> Malformed {
+    // Reasons quote the input (serde names the bad value): never let its control
+    // characters reach a terminal raw.
+    let mut reason: String = reason
+        .to_string()
+        .chars()
+        .flat_map(|c| {
+            let unsafe_char =
+                c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}');
+            let escaped: Box<dyn Iterator<Item = char>> = if unsafe_char {
+                Box::new(c.escape_default())
+            } else {
+                Box::new(std::iter::once(c))
+            };
+            escaped
+        })
+        .collect();
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push('…');
+    }
+    Malformed {
+        input: input.to_owned(),
+        line,
+        item,
+        reason,
+        skipped: false,
+    }
+}
+
+/// Decodes one complete record (a JSON line, or a whole document) of `input` starting at
+/// `line` with the decoder replay and the webhook use: its events and its malformed (or
+/// skipped) items, in item order. For sources that frame records themselves (`follow`
+/// reads whole lines as a live log grows).
+pub fn decode_record(input: &str, line: u64, text: &[u8]) -> Vec<Result<AuditEvent, Malformed>> {
+    let mut out = VecDeque::new();
+    decode_record_into(input, line, text, &mut out);
+    out.into()
+}
+
+fn decode_record_into(
+    input: &str,
+    line: u64,
+    text: &[u8],
+    pending: &mut VecDeque<Result<AuditEvent, Malformed>>,
+) {
+    let doc = decode_document(text);
+    if let Shape::Invalid(reason) = doc.shape {
+        pending.push_back(Err(malformed(input, line, None, reason)));
+        return;
+    }
+    let skipped = doc.skipped;
+    let item_error = |x: crate::decode::ItemError| {
+        let mut m = malformed(input, line, Some(x.index), x.reason);
+        m.skipped = skipped.binary_search(&x.index).is_ok();
+        m
+    };
+    // Events and item errors in item order.
+    let mut errors = doc.errors.into_iter().peekable();
+    let mut index = 0;
+    for e in doc.events {
+        while errors.peek().is_some_and(|x| x.index == index) {
+            if let Some(x) = errors.next() {
+                pending.push_back(Err(item_error(x)));
+            }
+            index += 1;
+        }
+        pending.push_back(Ok(e));
+        index += 1;
+    }
+    for x in errors {
+        pending.push_back(Err(item_error(x)));
     }
 }
 

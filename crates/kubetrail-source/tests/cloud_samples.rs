@@ -264,6 +264,7 @@ fn gke_log_entries_map_onto_audit_events() {
     // A control-plane (container.googleapis.com) entry in the same sink is skipped, said why.
     let (events, bad) = read_path(&gke.join("data_access.json"));
     assert!(events.is_empty());
+    assert!(bad[0].skipped, "not malformed: {:?}", bad[0]);
     assert!(
         bad[0].reason.contains("container.googleapis.com"),
         "{}",

@@ -67,6 +67,15 @@ pub enum Command {
     /// A Kafka consumer-group member: runs the pipeline per assigned partition and exports;
     /// offsets are committed only after the spans were exported.
     Consume(ConsumeArgs),
+    /// Follow kube-apiserver audit log files as they are written (`--audit-log-path`):
+    /// across rotation (rename + new file, gzip-compressed backups), truncation and restarts
+    /// (positions kept in --state-file), into OTLP like `serve`, or into Kafka like `receive`.
+    ///
+    /// Several files (one per API server) are merged by event time. SIGTERM stops reading,
+    /// emits every open family, flushes and saves the positions: a restart reads nothing twice.
+    /// After a crash a restart re-reads window + linger of event time, so open families are
+    /// rebuilt; what it exports again has the same ids (identical duplicates).
+    Follow(FollowArgs),
 }
 
 /// Options shared by every command that runs the pipeline.
@@ -291,4 +300,82 @@ pub struct ConsumeArgs {
     /// Serve GET /metrics, /healthz on this address (config: `server.listen`; off when absent).
     #[arg(long, env = "KUBETRAIL_METRICS_LISTEN")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+}
+
+/// Where a log without a saved position is read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum StartAtArg {
+    /// The live file from its first line.
+    Beginning,
+    /// Only what is written from now on.
+    End,
+}
+
+impl From<StartAtArg> for kubetrail_source::follow::StartAt {
+    fn from(a: StartAtArg) -> Self {
+        match a {
+            StartAtArg::Beginning => kubetrail_source::follow::StartAt::Beginning,
+            StartAtArg::End => kubetrail_source::follow::StartAt::End,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct FollowArgs {
+    #[command(flatten)]
+    pub pipeline: PipelineArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    /// Also write spans as OTLP/JSON lines to this file.
+    #[arg(long, value_name = "PATH")]
+    pub otlp_json: Option<PathBuf>,
+    /// Keep the read positions in this file across restarts (config: `follow.state_file`).
+    #[arg(long, env = "KUBETRAIL_FOLLOW_STATE_FILE", value_name = "PATH")]
+    pub state_file: Option<PathBuf>,
+    /// How often a log with nothing new is looked at again (config: `follow.poll_interval`, default 200ms).
+    #[arg(long, env = "KUBETRAIL_FOLLOW_POLL_INTERVAL", value_parser = humantime::parse_duration)]
+    pub poll_interval: Option<Duration>,
+    /// Where a log without a saved position starts (config: `follow.start_at`, default beginning).
+    #[arg(long, env = "KUBETRAIL_FOLLOW_START_AT", value_enum)]
+    pub start_at: Option<StartAtArg>,
+    /// Serve GET /metrics, /healthz on this address (off when absent).
+    #[arg(long, env = "KUBETRAIL_METRICS_LISTEN")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// How long shutdown may take to drain and flush (config: `shutdown_timeout`).
+    #[arg(long, env = "KUBETRAIL_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
+    /// Instead of running the pipeline here, POST the events to a central `kubetrail serve`
+    /// (or `receive`) webhook, e.g. https://kubetrail.kubetrail.svc:8443/audit/prod: one
+    /// pipeline then merges every API server's log.
+    #[arg(long, env = "KUBETRAIL_FORWARD_URL", value_name = "URL", conflicts_with_all = ["kafka_brokers", "otlp_json", "otlp_endpoint"])]
+    pub forward_url: Option<String>,
+    /// Bearer token for --forward-url: the first line of this file.
+    #[arg(
+        long,
+        env = "KUBETRAIL_FORWARD_TOKEN_FILE",
+        value_name = "PATH",
+        requires = "forward_url"
+    )]
+    pub forward_token_file: Option<PathBuf>,
+    /// CA bundle (PEM) the --forward-url server's certificate must chain to.
+    #[arg(
+        long,
+        env = "KUBETRAIL_FORWARD_CA",
+        value_name = "PATH",
+        requires = "forward_url"
+    )]
+    pub forward_ca: Option<PathBuf>,
+    /// The `source` this node's batches carry to the central webhook (default: the host name;
+    /// several paths: NAME-0, NAME-1 …), so it merges the API servers by time.
+    #[arg(
+        long,
+        env = "KUBETRAIL_FORWARD_SOURCE",
+        value_name = "NAME",
+        requires = "forward_url"
+    )]
+    pub forward_source: Option<String>,
+    /// The live audit log files (kube-apiserver's --audit-log-path), one per API server
+    /// (config: `follow.paths`). Their rotated backups next to them are found by name.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
 }

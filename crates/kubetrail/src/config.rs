@@ -50,6 +50,8 @@ pub struct Config {
     pub shutdown_timeout: Option<Duration>,
     /// Event-time order across API servers: lateness, silent sources, far-ahead events.
     pub time: kubetrail_pipeline::watermark::OrderConfig,
+    /// Audit log files followed as they are written (`follow`; also inside `serve`, `receive`).
+    pub follow: crate::follow::FollowSection,
 }
 
 /// `server:` in the config file.

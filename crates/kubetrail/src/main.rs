@@ -7,6 +7,8 @@
 
 mod cli;
 mod config;
+mod follow;
+mod forward;
 mod replay;
 mod scaleout;
 mod serve;
@@ -43,6 +45,7 @@ fn main() -> ExitCode {
             cli::Command::Url(args) => url::run(args).await,
             cli::Command::Receive(args) => scaleout::receive(args).await,
             cli::Command::Consume(args) => scaleout::consume(args).await,
+            cli::Command::Follow(args) => follow::run(args).await,
         }
     });
     match result {

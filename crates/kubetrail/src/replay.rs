@@ -73,6 +73,10 @@ struct ReadOutcome {
     events: u64,
     malformed: u64,
     shown: Vec<Malformed>,
+    /// Records that are not Kubernetes audit records (cloud log entries of other services,
+    /// control messages): skipped on purpose, not malformed.
+    skipped: u64,
+    shown_skipped: Vec<Malformed>,
     read_errors: Vec<String>,
     stats: PipelineStats,
     /// Events out of order by more than the look-ahead within their input.
@@ -352,6 +356,7 @@ fn read_all(
                         input: "(merged inputs)".to_owned(),
                         line: 0,
                         item: None,
+                        skipped: false,
                         reason: format!(
                             "event {} holds about {size} bytes, more than queue.bytes ({queue_bytes})",
                             event.audit_id
@@ -380,6 +385,13 @@ fn read_all(
                     ))?;
                     bar.set_position(merged.inputs().map(ChainReader::bytes_read).sum());
                     bar.set_message(format!("{} events", o.events));
+                }
+            }
+            Ok(Err(m)) if m.skipped => {
+                o.skipped += 1;
+                tracing::debug!(input = %m.input, line = m.line, reason = %m.reason, "record without a Kubernetes audit event skipped");
+                if o.shown_skipped.len() < SHOWN_MALFORMED {
+                    o.shown_skipped.push(m);
                 }
             }
             Ok(Err(m)) => {
@@ -473,6 +485,18 @@ fn print_summary(command: &str, o: &ReadOutcome, r: &ExportReport, elapsed: Dura
             "  time order: {} late requests (marked kubetrail.late), {} events beyond the look-ahead in their input, {} far ahead set aside ({} dropped), {} released early (memory bound), {} jumps followed",
             s.late, o.out_of_order, t.ahead, t.ahead_dropped, t.forced, t.jumps
         );
+    }
+    if o.skipped > 0 {
+        eprintln!("  skipped (not Kubernetes audit records): {}", o.skipped);
+        for m in &o.shown_skipped {
+            eprintln!("    {m}");
+        }
+        if o.skipped > o.shown_skipped.len() as u64 {
+            eprintln!(
+                "    … and {} more (--log-level debug lists them all)",
+                o.skipped - o.shown_skipped.len() as u64
+            );
+        }
     }
     if o.malformed > 0 {
         eprintln!("  malformed records skipped: {}", o.malformed);

@@ -21,9 +21,9 @@ const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Redacts secrets (the `decorate.redact` settings) before events are published, so no Secret
 /// value is ever written to the topic. The consumer redacts again (idempotent).
-struct RedactingProducer<P> {
-    inner: P,
-    decorator: kubetrail_decorate::Decorator,
+pub(crate) struct RedactingProducer<P> {
+    pub(crate) inner: P,
+    pub(crate) decorator: kubetrail_decorate::Decorator,
 }
 
 #[async_trait::async_trait]
@@ -57,7 +57,7 @@ impl<P: AuditProducer> AuditProducer for RedactingProducer<P> {
 }
 
 /// The `kafka:` section with the flags and environment applied.
-fn kafka_config(
+pub(crate) fn kafka_config(
     cfg: &Config,
     args: &KafkaArgs,
     group: Option<&str>,
@@ -112,16 +112,39 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         kafka.topic,
         kafka.brokers
     );
+    // `follow:` in the config: audit log files followed into the same topic.
+    let mut followers = if cfg.follow.paths.is_empty() {
+        None
+    } else {
+        let (f, _) = crate::follow::Followers::start(
+            &cfg.follow,
+            &cluster,
+            crate::follow::Downstream::Producer(producer.clone() as Arc<dyn AuditProducer>),
+            crate::follow::lookback(&cfg, true),
+            cfg.source.max_record_bytes,
+        )?;
+        eprintln!(
+            "kubetrail receive: following {} audit log file(s)",
+            cfg.follow.paths.len()
+        );
+        Some(f)
+    };
     receiver
         .serve(shutdown)
         .await
         .context("the audit webhook failed")?;
+    if let Some(f) = followers.as_mut() {
+        f.stop_reading().await;
+    }
     // Every batch answered 200 was acknowledged by the brokers already; flush what is left.
     let deadline = args
         .shutdown_timeout
         .or(cfg.shutdown_timeout)
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
     let flushed = tokio::task::spawn_blocking(move || producer.inner.flush(deadline)).await?;
+    if let Some(f) = &followers {
+        f.write_final_state(flushed.is_ok() && f.undelivered() == 0)?;
+    }
     if let Err(e) = flushed {
         eprintln!("kubetrail receive: the producer could not flush before the deadline: {e}");
         return Ok(ExitCode::from(3));

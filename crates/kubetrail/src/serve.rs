@@ -142,7 +142,8 @@ pub(crate) fn shutdown_signal()
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()?;
-    let (cfg, cluster) = effective_config(&args.pipeline)?;
+    let (mut cfg, cluster) = effective_config(&args.pipeline)?;
+    crate::follow::expect_sources(&mut cfg);
     let metrics =
         kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
     kubetrail_export::describe_metrics();
@@ -252,6 +253,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     );
     tracing::info!(%addr, cluster = %cluster, queue_events, "serving");
 
+    // `follow:` in the config: audit log files followed into the same pipeline.
+    let (mut followers, follow_consumer) = if cfg.follow.paths.is_empty() {
+        (None, None)
+    } else {
+        let (tx, rx) = crate::follow::worker_channel();
+        let (f, caught_up) = crate::follow::Followers::start(
+            &cfg.follow,
+            &cluster,
+            crate::follow::Downstream::Worker(tx),
+            crate::follow::lookback(&cfg, false),
+            cfg.source.max_record_bytes,
+        )?;
+        eprintln!(
+            "kubetrail serve: following {} audit log file(s)",
+            cfg.follow.paths.len()
+        );
+        (Some(f), Some(crate::follow::consumer(rx, caught_up)))
+    };
     let config = WorkerConfig {
         order: cfg.time.clone(),
         ..Default::default()
@@ -261,11 +280,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         Queue::Memory(p, consumer) => {
             // Only the receiver's handle may keep the queue open.
             drop(p);
+            let consumer = crate::follow::JoinedConsumer {
+                webhook: Some(consumer),
+                follow: follow_consumer,
+            };
             let worker = Worker::new(consumer, pipeline, exporter, config);
             tokio::spawn(worker.run(std::future::pending()))
         }
         Queue::Durable(p, consumer, log, delivered) => {
             drop(p);
+            let consumer = crate::follow::JoinedConsumer {
+                webhook: Some(consumer),
+                follow: follow_consumer,
+            };
             let worker = Worker::new(consumer, pipeline, exporter, config)
                 .suppress(delivered)
                 .on_delivered(Arc::new(move |ids| log.delivered(ids)));
@@ -284,6 +311,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         .shutdown_timeout
         .or(cfg.shutdown_timeout)
         .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT);
+    if let Some(f) = followers.as_mut() {
+        f.stop_reading().await;
+    }
     let queued_at_stop = producer.health().queued_events;
     close();
     // The queue ends once every producer handle is gone.
@@ -306,6 +336,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     }
     match drained {
         Ok(Ok((report, export))) => {
+            if let Some(f) = &followers {
+                f.write_final_state(export.spans_dropped == 0 && export.finish_errors.is_empty())?;
+            }
             eprintln!(
                 "kubetrail serve: stopped after draining {queued_at_stop} queued events: {} events processed, {} spans exported, {} dropped",
                 report.pipeline.events_in, export.spans_exported, export.spans_dropped
@@ -315,8 +348,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Err(e)) => Err(e),
+        Ok(Err(e)) => {
+            if let Some(f) = &followers {
+                f.write_final_state(false)?;
+            }
+            Err(e)
+        }
         Err(_) => {
+            if let Some(f) = &followers {
+                f.write_final_state(false)?;
+            }
             eprintln!(
                 "kubetrail serve: shutdown deadline of {}s passed before the queue was drained and the exporter flushed; \
                  {queued_at_stop} events were queued at shutdown and what was not exported is lost",

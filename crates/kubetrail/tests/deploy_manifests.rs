@@ -1111,3 +1111,119 @@ fn metric_scan_and_promql_helpers() {
     assert_eq!(flag(&["--listen=y"], "--listen"), Some("y"));
     assert_eq!(flag(&["--listen"], "--listen"), None);
 }
+
+#[test]
+fn control_plane_follow_tails_the_audit_log_read_only_and_forwards_to_serve() {
+    let objects = rendered("control-plane-follow");
+    // The central serve of all-in-one is there, unchanged.
+    check_webhook(&objects, "serve");
+    let (w, c) = webhook(&objects, "follow");
+    assert_eq!(kind(w), "DaemonSet");
+    let pod = pod_spec(w);
+    assert_eq!(
+        str_at(
+            pod,
+            &["nodeSelector", "node-role.kubernetes.io/control-plane"]
+        ),
+        Some(""),
+        "runs on control-plane nodes"
+    );
+    for key in [
+        "node-role.kubernetes.io/control-plane",
+        "node-role.kubernetes.io/master",
+    ] {
+        assert!(
+            seq_at(pod, &["tolerations"]).iter().any(|t| {
+                str_at(t, &["key"]) == Some(key)
+                    && str_at(t, &["operator"]) == Some("Exists")
+                    && str_at(t, &["effect"]) == Some("NoSchedule")
+            }),
+            "tolerates {key}:NoSchedule"
+        );
+    }
+    // Not behind the webhook Service: its Pods do not carry the webhook labels.
+    let labels = at(w, &["spec", "template", "metadata", "labels"]).unwrap();
+    assert_eq!(
+        str_at(labels, &["app.kubernetes.io/component"]),
+        Some("follow")
+    );
+    let a = args(c);
+    // The log (last argument) is on a read-only hostPath mount.
+    let log = *a.last().unwrap();
+    let mount_of = |file: &str| -> (&Value, &Value) {
+        let m = seq_at(c, &["volumeMounts"])
+            .iter()
+            .filter(|m| {
+                str_at(m, &["mountPath"])
+                    .is_some_and(|p| file.starts_with(&format!("{}/", p.trim_end_matches('/'))))
+            })
+            .max_by_key(|m| str_at(m, &["mountPath"]).map_or(0, str::len))
+            .unwrap_or_else(|| panic!("{file} is on no volume mount"));
+        let vname = str_at(m, &["name"]).unwrap();
+        let v = seq_at(pod, &["volumes"])
+            .iter()
+            .find(|v| str_at(v, &["name"]) == Some(vname))
+            .unwrap_or_else(|| panic!("no volume {vname}"));
+        (m, v)
+    };
+    let (m, v) = mount_of(log);
+    assert_eq!(at(m, &["readOnly"]).and_then(Value::as_bool), Some(true));
+    assert_eq!(
+        str_at(v, &["hostPath", "path"]),
+        str_at(m, &["mountPath"]),
+        "the node's directory at the same path"
+    );
+    // The state file is on a writable hostPath (it must survive Pod replacement).
+    let state = flag(&a, "--state-file").expect("--state-file");
+    let (m, v) = mount_of(state);
+    assert_ne!(at(m, &["readOnly"]).and_then(Value::as_bool), Some(true));
+    assert!(str_at(v, &["hostPath", "path"]).is_some(), "{v:?}");
+    // Forwarding to the serve Service's webhook port, authenticated, over TLS.
+    let url = flag(&a, "--forward-url").expect("--forward-url");
+    let rest = url.strip_prefix("https://").expect("https");
+    let (hostport, path) = rest.split_once('/').unwrap();
+    assert!(path.starts_with("audit"), "{url}");
+    let (host, port) = hostport.rsplit_once(':').unwrap();
+    let svc = host.split('.').next().unwrap();
+    let service = find(&objects, "Service", svc);
+    assert!(
+        seq_at(service, &["spec", "ports"])
+            .iter()
+            .any(|p| at(p, &["port"]).and_then(Value::as_u64) == port.parse().ok()),
+        "{url}: no such port on Service {svc}"
+    );
+    let token = flag(&a, "--forward-token-file").expect("--forward-token-file");
+    let ca = flag(&a, "--forward-ca").expect("--forward-ca");
+    assert_files_mounted(&objects, w, c, &[token, ca], &secrets_example());
+    // The source is the node's name, from the downward API.
+    assert_eq!(flag(&a, "--forward-source"), Some("$(NODE_NAME)"));
+    assert!(
+        seq_at(c, &["env"]).iter().any(|e| {
+            str_at(e, &["name"]) == Some("NODE_NAME")
+                && str_at(e, &["valueFrom", "fieldRef", "fieldPath"]) == Some("spec.nodeName")
+        }),
+        "NODE_NAME from spec.nodeName"
+    );
+    // The follow command has every flag the manifest gives.
+    let help = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args(["follow", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&help.stdout);
+    for f in a.iter().filter(|x| x.starts_with("--")) {
+        if !["--log-format", "--log-level"].contains(f) {
+            assert!(help.contains(f), "kubetrail follow has no {f}");
+        }
+    }
+    // The webhook admits the followers (an extra, additive policy).
+    let np = find(
+        &objects,
+        "NetworkPolicy",
+        "kubetrail-webhook-from-followers",
+    );
+    let from = &seq_at(&seq_at(np, &["spec", "ingress"])[0], &["from"])[0];
+    assert!(labels_match(
+        at(from, &["podSelector", "matchLabels"]).unwrap(),
+        Some(labels)
+    ));
+}

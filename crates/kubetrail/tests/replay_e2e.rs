@@ -492,3 +492,40 @@ async fn timeline_and_url_find_the_deployment_without_jaeger() {
     assert_eq!(out.status.code(), Some(4));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no mutating requests"));
 }
+
+#[tokio::test]
+async fn cloud_records_without_a_kubernetes_event_are_skipped_not_malformed() {
+    // A GKE audit sink holds the API server's entries (k8s.io) and the control plane's own
+    // (container.googleapis.com): the latter are not errors, and are said apart.
+    let gke = Path::new(env!("CARGO_MANIFEST_DIR")).join(
+        "../../testdata/audit-samples/otel-collector-contrib-cloud-exports/gke-cloud-logging",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out.jsonl");
+    let broken = write(dir.path(), "broken.json", "{\"records\": [\n");
+    let run = replay(&[
+        "--otlp-json",
+        out.to_str().unwrap(),
+        gke.join("activity.json").to_str().unwrap(),
+        gke.join("data_access.json").to_str().unwrap(),
+        &broken,
+    ])
+    .await;
+    assert!(run.status.success(), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("skipped (not Kubernetes audit records): 1"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("container.googleapis.com"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("malformed records skipped: 1"),
+        "only the broken file is malformed: {}",
+        run.stderr
+    );
+}
