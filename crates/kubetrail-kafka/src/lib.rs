@@ -129,6 +129,7 @@ mod lookback;
 mod message;
 mod partitioned;
 mod producer;
+mod route;
 mod tracker;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -146,6 +147,7 @@ pub use partitioned::{
     PartitionedWorker,
 };
 pub use producer::KafkaProducer;
+pub use route::{Repartitioner, RouteStats, RouteStatsHandle, family_key};
 
 /// What can go wrong setting up or running the Kafka queue.
 #[derive(Debug, thiserror::Error)]

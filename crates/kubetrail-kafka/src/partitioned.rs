@@ -90,7 +90,7 @@ impl PartitionedConsumer {
         StatsHandle(self.poller.shared.clone())
     }
 
-    fn fatal(&self) -> Option<String> {
+    pub(crate) fn fatal(&self) -> Option<String> {
         self.poller.shared.fatal()
     }
 }
@@ -118,6 +118,11 @@ impl PartitionConsumer {
     /// The partition.
     pub fn partition(&self) -> i32 {
         self.shared.partition
+    }
+
+    /// Whether the partition was revoked (its batches are left to the next owner).
+    pub(crate) fn revoked(&self) -> bool {
+        self.shared.revoked.load(Ordering::Acquire)
     }
 }
 
