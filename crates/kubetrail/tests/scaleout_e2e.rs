@@ -22,6 +22,8 @@ async fn webhook_to_kafka_to_two_consumers_equals_replay() {
     let stream = RolloutScenario::default().generate();
     let broker = KafkaBroker::start().unwrap();
     broker.create_topic("audit", 4).unwrap();
+    // `consume` routes `audit` into the family-keyed `audit-families` (kafka.repartition).
+    broker.create_topic("audit-families", 4).unwrap();
     let brokers = broker.addr().to_string();
     let otlp = OtlpReceiver::start().await.unwrap();
     let endpoint = otlp.grpc_endpoint();
@@ -202,6 +204,8 @@ async fn broker_restart_with_receive_and_two_consumers_running_loses_nothing_ack
     let jaeger = kubetrail_testkit::Jaeger::start().unwrap();
     let mut broker = KafkaBroker::start().unwrap();
     broker.create_topic("audit", 4).unwrap();
+    // `consume` routes `audit` into the family-keyed `audit-families` (kafka.repartition).
+    broker.create_topic("audit-families", 4).unwrap();
     let brokers = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let (mut recv, url) = receive(dir.path(), &brokers, "audit").await;
@@ -250,7 +254,8 @@ async fn broker_restart_with_receive_and_two_consumers_running_loses_nothing_ack
         stream.events.len(),
         "one message per acknowledged event"
     );
-    wait_all_committed(&broker, "g", "audit").await;
+    wait_all_committed(&broker, "g-route", "audit").await;
+    wait_all_committed(&broker, "g", "audit-families").await;
     for c in [&mut ca, &mut cb, &mut recv] {
         assert!(terminate(c).await.success());
     }
@@ -264,6 +269,8 @@ async fn a_consumer_killed_with_sigkill_is_replaced_and_the_traces_equal_replay(
     let jaeger = kubetrail_testkit::Jaeger::start().unwrap();
     let broker = KafkaBroker::start().unwrap();
     broker.create_topic("audit", 4).unwrap();
+    // `consume` routes `audit` into the family-keyed `audit-families` (kafka.repartition).
+    broker.create_topic("audit-families", 4).unwrap();
     let brokers = broker.addr();
     let dir = tempfile::tempdir().unwrap();
     let (mut recv, url) = receive(dir.path(), &brokers, "audit").await;
@@ -283,7 +290,7 @@ async fn a_consumer_killed_with_sigkill_is_replaced_and_the_traces_equal_replay(
     // Once the group committed part of the first half, one consumer dies without a word.
     let until = std::time::Instant::now() + Duration::from_secs(120);
     while broker
-        .committed_offsets("g", "audit")
+        .committed_offsets("g", "audit-families")
         .unwrap()
         .values()
         .sum::<i64>()
@@ -307,7 +314,8 @@ async fn a_consumer_killed_with_sigkill_is_replaced_and_the_traces_equal_replay(
     let got =
         common::wait_for_jaeger_ids(&jaeger.query(), &expected, Duration::from_secs(180)).await;
     assert_eq!(got, expected, "the traces equal replay's");
-    wait_all_committed(&broker, "g", "audit").await;
+    wait_all_committed(&broker, "g-route", "audit").await;
+    wait_all_committed(&broker, "g", "audit-families").await;
     for c in [&mut cb, &mut cc, &mut recv] {
         assert!(terminate(c).await.success());
     }
