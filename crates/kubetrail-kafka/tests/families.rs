@@ -26,164 +26,18 @@ use kubetrail_pipeline::watermark::OrderConfig;
 use kubetrail_queue::{AuditBatch, AuditProducer};
 use kubetrail_testkit::{KafkaBroker, OtlpReceiver, ReceivedSpan};
 use kubetrail_worker::WorkerConfig;
-use serde_json::json;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 /// Seconds of event time per feeding round (below the default 5 s lateness).
 const ROUND_S: i64 = 2;
 
-/// `2024-05-01T10:00:00Z` + `ms`.
-fn at(ms: i64) -> String {
-    let s = ms / 1000;
-    format!(
-        "2024-05-01T10:{:02}:{:02}.{:03}000Z",
-        s / 60,
-        s % 60,
-        ms % 1000
-    )
-}
-
-#[allow(clippy::too_many_arguments)]
-fn request(
-    id: &str,
-    ms: i64,
-    verb: &str,
-    user: &str,
-    (group, resource, namespace, name): (&str, &str, Option<&str>, &str),
-    subresource: Option<&str>,
-    body: Option<serde_json::Value>,
-) -> AuditEvent {
-    let mut object_ref = json!({"resource": resource, "name": name, "apiVersion": "v1"});
-    if !group.is_empty() {
-        object_ref["apiGroup"] = json!(group);
-    }
-    if let Some(ns) = namespace {
-        object_ref["namespace"] = json!(ns);
-    }
-    if let Some(s) = subresource {
-        object_ref["subresource"] = json!(s);
-    }
-    let uri = match namespace {
-        Some(ns) => format!("/apis/{group}/v1/namespaces/{ns}/{resource}/{name}"),
-        None => format!("/apis/{group}/v1/{resource}/{name}"),
-    };
-    let mut e = json!({
-        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse",
-        "auditID": id, "stage": "ResponseComplete", "requestURI": uri, "verb": verb,
-        "user": {"username": user}, "userAgent": format!("{user}/v1.30.0"),
-        "sourceIPs": ["10.0.0.9"], "objectRef": object_ref,
-        "responseStatus": {"metadata": {}, "code": if verb == "create" { 201 } else { 200 }},
-        "requestReceivedTimestamp": at(ms - 3), "stageTimestamp": at(ms),
-    });
-    if let Some(b) = body {
-        e["responseObject"] = b;
-    }
-    serde_json::from_value(e).unwrap()
-}
-
-fn owned_by_tenant(
-    kind: &str,
-    api_version: &str,
-    namespace: Option<&str>,
-    name: &str,
-    uid: &str,
-) -> serde_json::Value {
-    let mut meta = json!({
-        "name": name, "uid": uid, "resourceVersion": "1",
-        "ownerReferences": [{"apiVersion": "example.com/v1", "kind": "Tenant", "name": "acme",
-            "uid": "tenant-uid-acme", "controller": true, "blockOwnerDeletion": true}],
-    });
-    if let Some(ns) = namespace {
-        meta["namespace"] = json!(ns);
-    }
-    json!({"kind": kind, "apiVersion": api_version, "metadata": meta, "data": {"tier": "gold"}})
-}
-
-/// A cluster-scoped `Tenant` owning Namespaces `team-a` and `team-b` and a ConfigMap in each,
-/// created, updated and partly deleted over 40 s (auditIDs `tenant-…`).
+/// The Tenant family of `kubetrail-gen`, from the generated streams' start.
 fn tenant_family() -> Vec<AuditEvent> {
-    let tenant = |rv: &str| {
-        json!({"kind": "Tenant", "apiVersion": "example.com/v1",
-            "metadata": {"name": "acme", "uid": "tenant-uid-acme", "resourceVersion": rv},
-            "spec": {"namespaces": ["team-a", "team-b"]}})
-    };
-    let op = "tenant-operator";
-    let mut v = vec![request(
-        "tenant-01",
-        3_000,
-        "create",
-        "admin",
-        ("example.com", "tenants", None, "acme"),
-        None,
-        Some(tenant("1")),
-    )];
-    for (i, ns) in ["team-a", "team-b"].iter().enumerate() {
-        let d = i as i64 * 300;
-        v.push(request(
-            &format!("tenant-ns-{ns}"),
-            4_000 + d,
-            "create",
-            op,
-            ("", "namespaces", Some(ns), ns),
-            None,
-            Some(owned_by_tenant(
-                "Namespace",
-                "v1",
-                None,
-                ns,
-                &format!("ns-uid-{ns}"),
-            )),
-        ));
-        let cm = |rv: &str| {
-            let mut b = owned_by_tenant(
-                "ConfigMap",
-                "v1",
-                Some(ns),
-                "settings",
-                &format!("cm-uid-{ns}"),
-            );
-            b["metadata"]["resourceVersion"] = json!(rv);
-            b
-        };
-        v.push(request(
-            &format!("tenant-cm-create-{ns}"),
-            5_000 + d,
-            "create",
-            op,
-            ("", "configmaps", Some(ns), "settings"),
-            None,
-            Some(cm("1")),
-        ));
-        v.push(request(
-            &format!("tenant-cm-update-{ns}"),
-            20_000 + d,
-            "update",
-            op,
-            ("", "configmaps", Some(ns), "settings"),
-            None,
-            Some(cm("2")),
-        ));
-    }
-    v.push(request(
-        "tenant-02",
-        6_000,
-        "patch",
-        op,
-        ("example.com", "tenants", None, "acme"),
-        Some("status"),
-        Some(tenant("2")),
-    ));
-    v.push(request(
-        "tenant-cm-delete-team-b",
-        30_000,
-        "delete",
-        op,
-        ("", "configmaps", Some("team-b"), "settings"),
-        None,
-        None,
-    ));
-    v
+    kubetrail_gen::cluster_scoped_owner_family(kubetrail_gen::DEFAULT_CLUSTER_START)
+        .into_iter()
+        .map(|v| serde_json::from_value(v).unwrap())
+        .collect()
 }
 
 /// The tenant family among generated Deployment families, in event-time order.
