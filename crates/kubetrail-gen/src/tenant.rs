@@ -67,8 +67,8 @@ fn owned(kind: &str, namespace: Option<&str>, name: &str, uid: &str, rv: &str) -
 }
 
 /// A cluster-scoped `tenants.example.com/acme` owning Namespaces `team-a` and `team-b` and a
-/// ConfigMap `settings` in each: created from `start` (Unix nanoseconds) + 3 s, updated at
-/// + 20 s, one ConfigMap deleted at + 30 s; 9 requests (auditIDs `tenant-…`), in time order.
+/// ConfigMap `settings` in each: created 3 s after `start` (Unix nanoseconds), updated after
+/// 20 s, one ConfigMap deleted after 30 s; 9 requests (auditIDs `tenant-…`), in time order.
 /// Its right answer: one family, rooted at the Tenant, so one trace per window.
 pub fn cluster_scoped_owner_family(start: i64) -> Vec<Value> {
     let t0 = start.div_euclid(1000);

@@ -246,7 +246,8 @@ impl FamilyRouter {
 
 fn is_namespace_object(event: &AuditEvent) -> bool {
     event.object_ref.as_ref().is_some_and(|r| {
-        r.resource.as_deref() == Some("namespaces") && r.api_group.as_deref().unwrap_or("") == ""
+        r.resource.as_deref() == Some("namespaces")
+            && r.api_group.as_deref().unwrap_or("").is_empty()
     })
 }
 
