@@ -171,6 +171,7 @@ impl KafkaConfig {
         }
         KafkaConfig {
             topic: self.family_topic_name(),
+            repartition: false,
             ..self.clone()
         }
     }
@@ -179,6 +180,7 @@ impl KafkaConfig {
     pub fn family_producer(&self) -> KafkaConfig {
         KafkaConfig {
             topic: self.family_topic_name(),
+            repartition: false,
             ..self.clone()
         }
     }
@@ -376,6 +378,17 @@ mod tests {
         assert_eq!(direct.family_topic_name(), "f");
         let same: KafkaConfig = serde_yaml::from_str("topic: a\nfamily_topic: a").unwrap();
         assert!(same.validate().is_err());
+        // The derived stages are valid whatever the family topic is called.
+        let named: KafkaConfig = serde_yaml::from_str("topic: a\nfamily_topic: fam").unwrap();
+        for derived in [
+            named.route_stage(),
+            named.pipeline_stage(),
+            named.family_producer(),
+        ] {
+            assert!(derived.validate().is_ok(), "{derived:?}");
+        }
+        assert_eq!(named.pipeline_stage().topic, "fam");
+        assert_eq!(named.family_producer().topic, "fam");
         assert!(serde_yaml::from_str::<KafkaConfig>("brokerz: x").is_err());
         assert_eq!(
             minimum_lookback(&PipelineConfig::default()),

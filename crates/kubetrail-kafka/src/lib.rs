@@ -46,6 +46,8 @@
 //! (the source too: the watermark orders per API server after the shuffle) and message
 //! timestamps are kept; input offsets are committed once the family topic acknowledged the
 //! republished batch (at least once; repeats are dropped by the pipelines' stage merger).
+//! After an assignment, what the lookback re-reads before the committed offset only rebuilds
+//! the router's owner graph and is not republished.
 //! Design and cost: ARCHITECTURE.md, "Repartitioning by family".
 //!
 //! # Commit rule
@@ -158,7 +160,7 @@ pub use partitioned::{
     PartitionedWorker,
 };
 pub use producer::KafkaProducer;
-pub use route::{Repartitioner, RouteStats, RouteStatsHandle, family_key};
+pub use route::{Repartitioner, RouteProgress, RouteStats, RouteStatsHandle, family_key};
 
 /// What can go wrong setting up or running the Kafka queue.
 #[derive(Debug, thiserror::Error)]

@@ -43,6 +43,9 @@ pub struct RouteStats {
     pub crossing: u64,
     /// Publishes retried after a failure.
     pub retries: u64,
+    /// Events re-read by the lookback after an assignment: routed to rebuild the graph, not
+    /// republished (they were before the committed offset).
+    pub relearned: u64,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +55,7 @@ struct Counters {
     cluster: AtomicU64,
     crossing: AtomicU64,
     retries: AtomicU64,
+    relearned: AtomicU64,
 }
 
 impl Counters {
@@ -63,9 +67,66 @@ impl Counters {
             cluster: g(&self.cluster),
             crossing: g(&self.crossing),
             retries: g(&self.retries),
+            relearned: g(&self.relearned),
         }
     }
 }
+
+/// Whether a [`Repartitioner`] is caught up: it holds partitions and each of them is at its
+/// end with nothing waiting. Cheap to clone; see [`PartitionedWorker::with_upstream`](crate::PartitionedWorker::with_upstream).
+#[derive(Debug, Clone, Default)]
+pub struct RouteProgress(Arc<Progress>);
+
+#[derive(Debug, Default)]
+struct Progress {
+    leases: AtomicU64,
+    behind: AtomicU64,
+}
+
+impl RouteProgress {
+    /// Holds at least one partition, and none is behind (during a rebalance it holds none).
+    pub fn idle(&self) -> bool {
+        self.0.leases.load(Ordering::Acquire) > 0 && self.0.behind.load(Ordering::Acquire) == 0
+    }
+}
+
+/// One lease's share of [`RouteProgress`]; given back when dropped.
+struct LeaseProgress {
+    progress: RouteProgress,
+    behind: bool,
+}
+
+impl LeaseProgress {
+    fn new(progress: RouteProgress) -> Self {
+        progress.0.leases.fetch_add(1, Ordering::AcqRel);
+        progress.0.behind.fetch_add(1, Ordering::AcqRel);
+        LeaseProgress {
+            progress,
+            behind: true,
+        }
+    }
+
+    fn set(&mut self, caught_up: bool) {
+        if caught_up && self.behind {
+            self.progress.0.behind.fetch_sub(1, Ordering::AcqRel);
+        } else if !caught_up && !self.behind {
+            self.progress.0.behind.fetch_add(1, Ordering::AcqRel);
+        }
+        self.behind = !caught_up;
+    }
+}
+
+impl Drop for LeaseProgress {
+    fn drop(&mut self) {
+        if self.behind {
+            self.progress.0.behind.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.progress.0.leases.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// How often a routing task looks whether its partition is caught up while it waits.
+const PROGRESS_EVERY: Duration = Duration::from_millis(100);
 
 /// A handle to a [`Repartitioner`]'s counters.
 #[derive(Debug, Clone)]
@@ -84,14 +145,16 @@ impl RouteStatsHandle {
 /// pipeline would), republishing each batch to the family topic with the same value,
 /// headers (cluster, source, acceptance time) and message timestamp, keyed by
 /// [`family_key`]. A batch's offsets are committed once the family topic's brokers
-/// acknowledged all of it (at least once: after a crash the uncommitted tail and the
-/// lookback are republished; the pipelines drop the repeated deliveries by auditID and
-/// stage).
+/// acknowledged all of it. What the lookback re-reads before the committed offset only
+/// rebuilds the router's state (it was republished before it was committed); the
+/// uncommitted tail is republished after a crash (at least once: the pipelines drop the
+/// repeated deliveries by auditID and stage).
 pub struct Repartitioner {
     consumer: PartitionedConsumer,
     producer: KafkaProducer,
     link: LinkerConfig,
     counters: Arc<Counters>,
+    progress: RouteProgress,
 }
 
 impl std::fmt::Debug for Repartitioner {
@@ -113,12 +176,18 @@ impl Repartitioner {
             producer,
             link,
             counters: Arc::new(Counters::default()),
+            progress: RouteProgress::default(),
         })
     }
 
     /// A handle to the routing counters.
     pub fn route_stats(&self) -> RouteStatsHandle {
         RouteStatsHandle(self.counters.clone())
+    }
+
+    /// Whether the routing is caught up (for the pipelines of the same process).
+    pub fn progress(&self) -> RouteProgress {
+        self.progress.clone()
     }
 
     /// A handle to the input consumer's statistics (assigned partitions, committed offsets).
@@ -141,7 +210,8 @@ impl Repartitioner {
                 lease = self.consumer.next_partition() => {
                     let Some(lease) = lease else { break };
                     let router = FamilyRouter::new(self.link.clone());
-                    tasks.spawn(route_partition(lease, router, self.producer.clone(), self.counters.clone()));
+                    let progress = LeaseProgress::new(self.progress.clone());
+                    tasks.spawn(route_partition(lease, router, self.producer.clone(), self.counters.clone(), progress));
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Err(e) = joined {
@@ -167,14 +237,38 @@ async fn route_partition(
     mut router: FamilyRouter,
     producer: KafkaProducer,
     counters: Arc<Counters>,
+    mut progress: LeaseProgress,
 ) {
     let PartitionLease {
         partition,
         mut consumer,
         done,
     } = lease;
-    while let Some(received) = consumer.recv().await {
+    loop {
+        let next = tokio::select! {
+            next = consumer.recv_marked() => next,
+            () = tokio::time::sleep(PROGRESS_EVERY) => {
+                progress.set(consumer.caught_up());
+                continue;
+            }
+        };
+        let Some((received, replayed)) = next else {
+            break;
+        };
+        progress.set(false);
         let batch = received.batch;
+        if replayed {
+            // Before the committed offset: the previous owner republished it before it
+            // committed. Only learn from it (the owner graph, the sticky scopes).
+            for e in &batch.events {
+                router.route(e);
+            }
+            counters
+                .relearned
+                .fetch_add(batch.events.len() as u64, Ordering::Relaxed);
+            received.ack.done();
+            continue;
+        }
         let mut keys = Vec::with_capacity(batch.events.len());
         for e in &batch.events {
             let before = router.stats().crossing;

@@ -403,6 +403,23 @@ async fn a_consume_killed_mid_stream_and_a_rebalance_keep_the_replays_ids() {
     assert_eq!(first + second + third, evs.len() as u64);
     wait_topic_committed(&broker, &cfg.route_stage().group, &topic).await;
     wait_topic_committed(&broker, &cfg.group, &format!("{topic}-families")).await;
+    let relearned = b.routed.get().relearned + c.routed.get().relearned;
+    assert!(
+        relearned > 0,
+        "moved input partitions were re-read to rebuild the routers, not republished"
+    );
+    // Republished at most: every event once, plus the uncommitted tail of the killed member
+    // (at most its batches in flight), never the lookback.
+    let families: i64 = broker
+        .end_offsets(&format!("{topic}-families"))
+        .unwrap()
+        .values()
+        .sum();
+    assert!(
+        families >= evs.len() as i64 && (families as u64) < evs.len() as u64 + relearned,
+        "{families} messages in the family topic for {} events ({relearned} re-read)",
+        evs.len()
+    );
     stop(b).await;
     stop(c).await;
     let _ = bounded("the killed exporter ends", a.export).await;

@@ -162,9 +162,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let mut progress = None;
     let router = if kafka.repartition {
         let r = Repartitioner::new(&kafka, pipeline.link.clone())
             .context("cannot join the Kafka routing group")?;
+        progress = Some(r.progress());
         eprintln!(
             "kubetrail consume: routing topic {} (group {}) into {} by family",
             kafka.topic,
@@ -176,8 +178,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let kafka = kafka.pipeline_stage();
-    let worker = PartitionedWorker::new(&kafka, pipeline, exporter, worker_config)
+    let mut worker = PartitionedWorker::new(&kafka, pipeline, exporter, worker_config)
         .context("cannot join the Kafka consumer group")?;
+    if let Some(p) = progress {
+        worker = worker.with_upstream(p);
+    }
     if let Some(addr) = args.metrics_listen.or(cfg.server.listen) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
