@@ -64,9 +64,11 @@ mod json;
 mod model;
 mod plan;
 mod scenario;
+mod tenant;
 mod time;
 mod truth;
 
 pub use json::event_to_json;
 pub use scenario::{DEFAULT_CLUSTER_START, GeneratedStream, RolloutScenario, VolumeScenario};
+pub use tenant::{TENANT_UID, cluster_scoped_owner_family};
 pub use truth::{GroundTruth, TruthObject};

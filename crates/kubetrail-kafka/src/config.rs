@@ -72,6 +72,16 @@ pub struct KafkaConfig {
     /// that it fits a Kafka message. Keep it below the topic's `max.message.bytes`. Default
     /// 900 000.
     pub max_event_bytes: usize,
+    /// Route events by object family before the pipelines (see the crate documentation,
+    /// "Repartitioning by family"): `consume` reads [`topic`](Self::topic) in the consumer
+    /// group `<group>-route`, links, and republishes every event into the
+    /// [family topic](Self::family_topic) keyed by its family's scope; its pipelines read
+    /// that topic. `false`: the pipelines read `topic` directly (families with a
+    /// cluster-scoped owner are then cut across partitions). Default `true`.
+    pub repartition: bool,
+    /// The family-keyed topic. Default (empty): `<topic>-families`. Create it with as many
+    /// partitions as the pipelines should spread over.
+    pub family_topic: String,
 }
 
 impl Default for KafkaConfig {
@@ -88,6 +98,8 @@ impl Default for KafkaConfig {
             revoke_timeout: Duration::from_secs(10),
             max_buffered_bytes: 4 << 20,
             max_event_bytes: 900_000,
+            repartition: true,
+            family_topic: String::new(),
         }
     }
 }
@@ -108,6 +120,8 @@ impl fmt::Debug for KafkaConfig {
             .field("revoke_timeout", &self.revoke_timeout)
             .field("max_buffered_bytes", &self.max_buffered_bytes)
             .field("max_event_bytes", &self.max_event_bytes)
+            .field("repartition", &self.repartition)
+            .field("family_topic", &self.family_topic)
             .finish()
     }
 }
@@ -130,6 +144,47 @@ const CONSUMER_ENFORCED: &[(&str, &str)] = &[
 ];
 
 impl KafkaConfig {
+    /// The family-keyed topic's name: [`family_topic`](Self::family_topic), or
+    /// `<topic>-families`.
+    pub fn family_topic_name(&self) -> String {
+        if self.family_topic.trim().is_empty() {
+            format!("{}-families", self.topic)
+        } else {
+            self.family_topic.clone()
+        }
+    }
+
+    /// The settings of the repartitioning stage: reads [`topic`](Self::topic) in the group
+    /// `<group>-route`.
+    pub fn route_stage(&self) -> KafkaConfig {
+        KafkaConfig {
+            group: format!("{}-route", self.group),
+            ..self.clone()
+        }
+    }
+
+    /// The settings of the pipelines: with [`repartition`](Self::repartition) the family
+    /// topic in `group`, else `topic` itself.
+    pub fn pipeline_stage(&self) -> KafkaConfig {
+        if !self.repartition {
+            return self.clone();
+        }
+        KafkaConfig {
+            topic: self.family_topic_name(),
+            repartition: false,
+            ..self.clone()
+        }
+    }
+
+    /// The producer settings of the repartitioning stage: writes the family topic.
+    pub fn family_producer(&self) -> KafkaConfig {
+        KafkaConfig {
+            topic: self.family_topic_name(),
+            repartition: false,
+            ..self.clone()
+        }
+    }
+
     /// Checks what librdkafka would not catch.
     pub(crate) fn validate(&self) -> Result<(), crate::Error> {
         let bad = |what: &str| Err(crate::Error::Config(what.to_owned()));
@@ -144,6 +199,9 @@ impl KafkaConfig {
         }
         if self.max_batch_events == 0 {
             return bad("kafka.max_batch_events must be at least 1");
+        }
+        if self.repartition && self.family_topic_name() == self.topic {
+            return bad("kafka.family_topic must differ from kafka.topic");
         }
         Ok(())
     }
@@ -308,6 +366,29 @@ mod tests {
                 ("enable.ssl.certificate.verification".into(), "false".into()),
             ]
         );
+        assert!(c.repartition);
+        assert_eq!(c.family_topic_name(), "audit-families");
+        assert_eq!(c.route_stage().group, "kubetrail-route");
+        assert_eq!(c.route_stage().topic, "audit");
+        assert_eq!(c.pipeline_stage().topic, "audit-families");
+        assert_eq!(c.pipeline_stage().group, "kubetrail");
+        let direct: KafkaConfig =
+            serde_yaml::from_str("repartition: false\nfamily_topic: f").unwrap();
+        assert_eq!(direct.pipeline_stage().topic, "kubetrail-audit");
+        assert_eq!(direct.family_topic_name(), "f");
+        let same: KafkaConfig = serde_yaml::from_str("topic: a\nfamily_topic: a").unwrap();
+        assert!(same.validate().is_err());
+        // The derived stages are valid whatever the family topic is called.
+        let named: KafkaConfig = serde_yaml::from_str("topic: a\nfamily_topic: fam").unwrap();
+        for derived in [
+            named.route_stage(),
+            named.pipeline_stage(),
+            named.family_producer(),
+        ] {
+            assert!(derived.validate().is_ok(), "{derived:?}");
+        }
+        assert_eq!(named.pipeline_stage().topic, "fam");
+        assert_eq!(named.family_producer().topic, "fam");
         assert!(serde_yaml::from_str::<KafkaConfig>("brokerz: x").is_err());
         assert_eq!(
             minimum_lookback(&PipelineConfig::default()),

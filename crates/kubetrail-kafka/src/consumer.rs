@@ -181,18 +181,27 @@ pub(crate) struct RawBatch {
     messages: Vec<RawMessage>,
     slot: u64,
     partition: Arc<PartitionShared>,
+    /// Every message is before the offset committed when the partition was assigned: re-read
+    /// by the lookback (a batch never mixes re-read and new messages).
+    replayed: bool,
 }
 
 impl RawBatch {
     /// Parses the messages (skipping and counting malformed ones) into a batch with an
     /// acknowledgement that marks its offsets committable. `None` when no message was an
     /// event (the batch is then acknowledged at once).
+    /// Whether the batch was re-read by the lookback (before the committed offset).
+    pub(crate) fn replayed(&self) -> bool {
+        self.replayed
+    }
+
     pub(crate) fn into_received(self) -> Option<Received> {
         let RawBatch {
             cluster,
             messages,
             slot,
             partition,
+            replayed: _,
         } = self;
         let outstanding = Outstanding::new(partition.clone());
         let ack = Ack::explicit(move || {
@@ -692,7 +701,8 @@ impl ConsumerCtx {
         let c = &self.shared.counters;
         c.messages.fetch_add(1, Ordering::Relaxed);
         metrics::counter!("kubetrail_kafka_messages_consumed_total").increment(1);
-        if ps.replay_until.is_some_and(|until| raw.offset < until) {
+        let replayed = ps.replay_until.is_some_and(|until| raw.offset < until);
+        if replayed {
             c.replayed.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("kubetrail_kafka_messages_replayed_total").increment(1);
         }
@@ -703,6 +713,7 @@ impl ConsumerCtx {
             b.messages.len() >= self.config.max_batch_events
                 || b.cluster != raw.cluster
                 || b.messages.first().is_some_and(|m| m.source != raw.source)
+                || b.replayed != replayed
         });
         if full {
             close_batch(ps);
@@ -714,6 +725,7 @@ impl ConsumerCtx {
                 messages: Vec::new(),
                 slot: 0,
                 partition: ps.shared.clone(),
+                replayed,
             }
         });
         b.messages.push(raw);

@@ -21,7 +21,7 @@
 //! | header [`HEADER_FORMAT`] | [`FORMAT_VERSION`] (`1`): the value's format. A consumer skips (and counts) messages of a version it does not know; a new format gets a new version, and consumers are upgraded before producers |
 //! | header [`HEADER_CLUSTER`] | the cluster name |
 //! | header [`HEADER_RECEIVED_AT`] | `received_at`, Unix nanoseconds, decimal |
-//! | header [`HEADER_SOURCE`] | the webhook client's address, when known |
+//! | header [`HEADER_SOURCE`] | who sent the batch (the API server: the webhook's authenticated identity, `?source=`, or client IP), when known; kept by the routing stage |
 //!
 //! # Keys and partitions
 //!
@@ -29,13 +29,26 @@
 //! and their Pods share a namespace, and so do the Kubernetes Events about them. A partition's
 //! pipeline therefore sees whole families and links them as a single process would.
 //!
-//! Caveat — **cluster-scoped owners**: a family whose owner is cluster-scoped while its
-//! members are namespaced (a Node owning mirror Pods, a cluster-scoped custom resource owning
-//! namespaced objects) spans partitions. Each partition's pipeline builds the part it sees:
-//! the owner's span is emitted by every partition that holds some of its descendants (same
-//! ids, possibly different extents), and the owner graph learned from the owner's own events
-//! is not available to the other partitions (ownerReferences in the members' bodies still
-//! are). Run one partition if such families matter more than throughput.
+//! Families whose owner is **cluster-scoped** while their members are namespaced (a Node
+//! owning mirror Pods, a cluster-scoped custom resource owning namespaced objects) would span
+//! partitions of this topic; see the next section.
+//!
+//! # Repartitioning by family
+//!
+//! With [`KafkaConfig::repartition`] (default), `consume` runs two stages: a
+//! [`Repartitioner`] (consumer group `<group>-route` on [`KafkaConfig::topic`]) links each
+//! partition's events with a [`FamilyRouter`](kubetrail_pipeline::family::FamilyRouter) and
+//! republishes every event into the family topic ([`KafkaConfig::family_topic_name`]) keyed by
+//! [`family_key`]: `cluster/namespace` for a family rooted in a namespace, `cluster/` for every
+//! family whose root is (or may be) cluster-scoped, and for cluster-scoped objects. The
+//! pipelines ([`PartitionedWorker`] on [`KafkaConfig::pipeline_stage`]) read the family
+//! topic, so each sees whole families, however many namespaces they span. Values, headers
+//! (the source too: the watermark orders per API server after the shuffle) and message
+//! timestamps are kept; input offsets are committed once the family topic acknowledged the
+//! republished batch (at least once; repeats are dropped by the pipelines' stage merger).
+//! After an assignment, what the lookback re-reads before the committed offset only rebuilds
+//! the router's owner graph and is not republished.
+//! Design and cost: ARCHITECTURE.md, "Repartitioning by family".
 //!
 //! # Commit rule
 //!
@@ -129,6 +142,7 @@ mod lookback;
 mod message;
 mod partitioned;
 mod producer;
+mod route;
 mod tracker;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -146,6 +160,7 @@ pub use partitioned::{
     PartitionedWorker,
 };
 pub use producer::KafkaProducer;
+pub use route::{Repartitioner, RouteProgress, RouteStats, RouteStatsHandle, family_key};
 
 /// What can go wrong setting up or running the Kafka queue.
 #[derive(Debug, thiserror::Error)]

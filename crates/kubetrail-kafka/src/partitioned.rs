@@ -64,6 +64,7 @@ impl PartitionedConsumer {
             consumer: PartitionConsumer {
                 rx,
                 shared: partition.clone(),
+                upstream: None,
             },
             done: PartitionDone {
                 shared: partition,
@@ -90,7 +91,7 @@ impl PartitionedConsumer {
         StatsHandle(self.poller.shared.clone())
     }
 
-    fn fatal(&self) -> Option<String> {
+    pub(crate) fn fatal(&self) -> Option<String> {
         self.poller.shared.fatal()
     }
 }
@@ -112,12 +113,38 @@ pub struct PartitionLease {
 pub struct PartitionConsumer {
     rx: mpsc::Receiver<RawBatch>,
     shared: Arc<PartitionShared>,
+    /// The routing stage feeding this topic, in this process: the partition counts as caught
+    /// up only while it is too.
+    upstream: Option<crate::route::RouteProgress>,
 }
 
 impl PartitionConsumer {
     /// The partition.
     pub fn partition(&self) -> i32 {
         self.shared.partition
+    }
+
+    /// Like [`recv`](AuditConsumer::recv), saying whether the batch was re-read by the
+    /// lookback (all of it before the offset committed at assignment).
+    pub(crate) async fn recv_marked(&mut self) -> Option<(Received, bool)> {
+        loop {
+            if self.shared.revoked.load(Ordering::Acquire) {
+                return None;
+            }
+            let batch = self.rx.recv().await?;
+            if self.shared.revoked.load(Ordering::Acquire) {
+                return None;
+            }
+            let replayed = batch.replayed();
+            if let Some(r) = batch.into_received() {
+                return Some((r, replayed));
+            }
+        }
+    }
+
+    /// Whether the partition was revoked (its batches are left to the next owner).
+    pub(crate) fn revoked(&self) -> bool {
+        self.shared.revoked.load(Ordering::Acquire)
     }
 }
 
@@ -138,9 +165,12 @@ impl AuditConsumer for PartitionConsumer {
         }
     }
 
-    /// At the end of the partition, with nothing waiting: the worker may tick.
+    /// At the end of the partition, with nothing waiting (and the routing stage feeding it
+    /// caught up, when there is one): the worker may tick.
     fn caught_up(&self) -> bool {
-        self.shared.drained() && self.rx.is_empty()
+        self.shared.drained()
+            && self.rx.is_empty()
+            && self.upstream.as_ref().is_none_or(|u| u.idle())
     }
 }
 
@@ -193,6 +223,7 @@ pub struct PartitionedWorker {
     pipeline: PipelineConfig,
     exporter: ExporterHandle,
     worker: WorkerConfig,
+    upstream: Option<crate::route::RouteProgress>,
 }
 
 impl std::fmt::Debug for PartitionedWorker {
@@ -216,7 +247,17 @@ impl PartitionedWorker {
             pipeline,
             exporter,
             worker,
+            upstream: None,
         })
+    }
+
+    /// Reads the family topic of a [`Repartitioner`](crate::Repartitioner) running in this
+    /// process: the pipelines move their clocks with wall time only while its routing is caught
+    /// up too, so a routing stall (a rebalance of the routing group, a backlog) is not taken
+    /// for quiet and does not emit families early or make the next events late.
+    pub fn with_upstream(mut self, progress: crate::route::RouteProgress) -> Self {
+        self.upstream = Some(progress);
+        self
     }
 
     /// A handle to the consumer's statistics (assigned partitions, committed offsets …).
@@ -245,7 +286,9 @@ impl PartitionedWorker {
                 lease = self.consumer.next_partition() => {
                     let Some(lease) = lease else { break };
                     let pipeline = Pipeline::new(self.pipeline.clone());
-                    let worker = Worker::new(lease.consumer, pipeline, self.exporter.clone(), self.worker.clone());
+                    let mut consumer = lease.consumer;
+                    consumer.upstream = self.upstream.clone();
+                    let worker = Worker::new(consumer, pipeline, self.exporter.clone(), self.worker.clone());
                     let (partition, done) = (lease.partition, lease.done);
                     tasks.spawn(async move {
                         let result = worker.run(std::future::pending()).await;

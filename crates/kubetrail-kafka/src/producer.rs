@@ -312,9 +312,15 @@ fn probe_loop(inner: &Weak<Inner>, stopped: &std_mpsc::Receiver<()>) {
     }
 }
 
-#[async_trait::async_trait]
-impl AuditProducer for KafkaProducer {
-    async fn publish(&self, batch: AuditBatch) -> Result<(), PublishError> {
+impl KafkaProducer {
+    /// Publishes `batch` with the message key of each event given by `key` (the
+    /// repartitioning stage's family keys); otherwise as [`publish`](AuditProducer::publish):
+    /// `Ok` once the brokers acknowledged every message.
+    pub async fn publish_keyed(
+        &self,
+        batch: &AuditBatch,
+        key: impl Fn(usize, &kubetrail_model::AuditEvent) -> String,
+    ) -> Result<(), PublishError> {
         if batch.events.is_empty() {
             return Ok(());
         }
@@ -328,8 +334,8 @@ impl AuditProducer for KafkaProducer {
         };
         let headers = headers(&batch.cluster, received_at, batch.source.as_deref());
         let mut pending = Vec::with_capacity(batch.events.len());
-        for event in &batch.events {
-            let key = partition_key(&batch.cluster, event);
+        for (i, event) in batch.events.iter().enumerate() {
+            let key = key(i, event);
             let (value, dropped) =
                 encode_event(event, inner.config.max_event_bytes).map_err(|e| {
                     PublishError::Unavailable {
@@ -399,6 +405,15 @@ impl AuditProducer for KafkaProducer {
         inner.health.up();
         metrics::counter!("kubetrail_kafka_messages_produced_total").increment(total as u64);
         Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl AuditProducer for KafkaProducer {
+    async fn publish(&self, batch: AuditBatch) -> Result<(), PublishError> {
+        let cluster = batch.cluster.clone();
+        self.publish_keyed(&batch, |_, e| partition_key(&cluster, e))
+            .await
     }
 
     fn health(&self) -> QueueHealth {

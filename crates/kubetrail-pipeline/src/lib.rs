@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod family;
 mod kube_event;
 mod stages;
 pub mod watermark;
@@ -137,16 +138,6 @@ pub struct Pipeline {
     /// The request being processed arrived late (set around `process`).
     late_now: bool,
 }
-
-/// Kinds of bodies that are not the object a request was about.
-const NOT_THE_OBJECT: &[&str] = &[
-    "Status",
-    "DeleteOptions",
-    "Binding",
-    "Eviction",
-    "Scale",
-    "TokenRequest",
-];
 
 impl Pipeline {
     /// A pipeline with the given settings.
@@ -463,15 +454,7 @@ impl Pipeline {
             .object_ref
             .as_ref()
             .and_then(|r| r.subresource.as_deref());
-        let head = event
-            .object_body()
-            .and_then(|b| ObjectHead::parse(b).ok())
-            .filter(|_| matches!(sub, None | Some("status")))
-            .filter(|h| {
-                !h.kind
-                    .as_deref()
-                    .is_some_and(|k| NOT_THE_OBJECT.contains(&k))
-            });
+        let head = family::object_head(event);
         let mut object = match ObjectRef::from_event(event, head.as_ref()) {
             Some(o) => o,
             None => {

@@ -16,12 +16,45 @@ pub(crate) struct ConnInfo {
     pub remote: std::net::SocketAddr,
     /// A client certificate was presented and verified against the client CA.
     pub client_cert_verified: bool,
+    /// The verified client certificate's subject: its common name, else the whole subject
+    /// (`kube-apiserver`'s webhook client certificate names the server).
+    pub client_subject: Option<String>,
+}
+
+/// The subject of a DER certificate: the first common name, else the subject as a string.
+pub(crate) fn certificate_subject(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    let subject = cert.subject();
+    let cn = subject
+        .iter_common_name()
+        .next()
+        .and_then(|a| a.as_str().ok())
+        .map(str::to_owned);
+    cn.or_else(|| Some(subject.to_string()))
+        .filter(|s| !s.is_empty())
+}
+
+/// An identity as a batch source: characters outside `[A-Za-z0-9-._:]` become `_`, at most
+/// 253 characters.
+fn source_label(name: &str) -> String {
+    name.chars()
+        .take(253)
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | ':') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 /// The configured credentials.
 #[derive(Clone, Default)]
 pub(crate) struct Auth {
     tokens: Vec<Vec<u8>>,
+    /// The name of each token (the second field of its line), if it has one.
+    names: Vec<Option<String>>,
     client_ca: bool,
 }
 
@@ -44,11 +77,63 @@ pub(crate) enum Denied {
 }
 
 impl Auth {
+    /// `tokens`: one per line of the tokens file, `TOKEN` or `TOKEN,NAME[,…]` (the first two
+    /// fields of kube-apiserver's static token file format: the name is who holds the token,
+    /// an API server's name for example).
     pub(crate) fn new(tokens: Vec<String>, client_ca: bool) -> Self {
+        let (tokens, names) = tokens
+            .into_iter()
+            .map(|line| match line.split_once(',') {
+                Some((token, rest)) => {
+                    let name = rest
+                        .split(',')
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .trim_matches('"');
+                    (
+                        token.trim().as_bytes().to_vec(),
+                        (!name.is_empty()).then(|| name.to_owned()),
+                    )
+                }
+                None => (line.into_bytes(), None),
+            })
+            .unzip();
         Auth {
-            tokens: tokens.into_iter().map(String::into_bytes).collect(),
+            tokens,
+            names,
             client_ca,
         }
+    }
+
+    /// Who sent an accepted request, as a batch source: the verified client certificate's
+    /// subject, else the name of the bearer token it presented (when the tokens file names
+    /// it). `None` without an identity.
+    pub(crate) fn identity(&self, headers: &HeaderMap, conn: Option<&ConnInfo>) -> Option<String> {
+        if let Some(subject) = conn
+            .filter(|c| c.client_cert_verified)
+            .and_then(|c| c.client_subject.as_deref())
+        {
+            return Some(source_label(subject));
+        }
+        let token = bearer_token(headers.get(AUTHORIZATION)?.as_bytes())?;
+        // Constant time over every token, as in `check`: select the index without branching.
+        use subtle::ConditionallySelectable as _;
+        let mut found = subtle::Choice::from(0);
+        let mut index = 0u32;
+        for (i, t) in self.tokens.iter().enumerate() {
+            let eq = t.as_slice().ct_eq(token);
+            index.conditional_assign(&u32::try_from(i).unwrap_or(u32::MAX), eq);
+            found |= eq;
+        }
+        if !bool::from(found) {
+            return None;
+        }
+        self.names
+            .get(index as usize)
+            .cloned()
+            .flatten()
+            .map(|n| source_label(&n))
     }
 
     /// Whether any credential is required.
@@ -222,6 +307,7 @@ mod tests {
     #[test]
     fn client_cert_or_nothing() {
         let conn = |v| ConnInfo {
+            client_subject: None,
             remote: "127.0.0.1:1".parse().unwrap(),
             client_cert_verified: v,
         };
@@ -238,6 +324,72 @@ mod tests {
         let open = Auth::default();
         assert!(!open.required());
         assert_eq!(open.check(&headers(None), None), Ok(()));
+    }
+
+    #[test]
+    fn identities_are_the_certificate_subject_else_the_token_name() {
+        let auth = Auth::new(
+            vec![
+                "alpha,apiserver-1,uid-1,\"system:masters\"".into(),
+                "beta".into(),
+            ],
+            true,
+        );
+        let bearer = |t: &str| headers(Some(&format!("Bearer {t}")));
+        // A named token: its name; the token itself still authenticates.
+        assert_eq!(auth.check(&bearer("alpha"), None), Ok(()));
+        assert_eq!(
+            auth.identity(&bearer("alpha"), None).as_deref(),
+            Some("apiserver-1")
+        );
+        // An unnamed or unknown token: no identity.
+        assert_eq!(auth.identity(&bearer("beta"), None), None);
+        assert_eq!(auth.identity(&bearer("alpha,apiserver-1"), None), None);
+        assert_eq!(auth.identity(&headers(None), None), None);
+        // A verified client certificate wins over a token.
+        let cert = ConnInfo {
+            remote: "10.0.0.1:1".parse().unwrap(),
+            client_cert_verified: true,
+            client_subject: Some("kube apiserver/2".into()),
+        };
+        assert_eq!(
+            auth.identity(&bearer("alpha"), Some(&cert)).as_deref(),
+            Some("kube_apiserver_2")
+        );
+        let unverified = ConnInfo {
+            client_cert_verified: false,
+            ..cert
+        };
+        assert_eq!(
+            auth.identity(&bearer("alpha"), Some(&unverified))
+                .as_deref(),
+            Some("apiserver-1")
+        );
+    }
+
+    #[test]
+    fn a_certificates_subject_is_its_common_name() {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "apiserver-2");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "system:masters");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        assert_eq!(
+            certificate_subject(cert.der()).as_deref(),
+            Some("apiserver-2")
+        );
+        let mut no_cn = rcgen::CertificateParams::new(vec!["localhost".into()]).unwrap();
+        no_cn.distinguished_name = rcgen::DistinguishedName::new();
+        no_cn
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "team");
+        let cert = no_cn.self_signed(&key).unwrap();
+        assert_eq!(certificate_subject(cert.der()).as_deref(), Some("O=team"));
+        assert_eq!(certificate_subject(b"not a certificate"), None);
     }
 
     #[test]

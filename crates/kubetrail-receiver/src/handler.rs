@@ -504,7 +504,8 @@ async fn receive(
 
     let accepted = events.len();
     if accepted > 0 {
-        let source = batch_source(parts.uri.query(), remote).map_err(|reason| {
+        let identity = s.auth.identity(&parts.headers, conn);
+        let source = batch_source(identity, parts.uri.query(), remote).map_err(|reason| {
             Rejection::new(StatusCode::BAD_REQUEST, reason).events(accepted, "bad_source")
         })?;
         publish(s, cluster, source, events).await?;
@@ -607,11 +608,14 @@ fn admit(
 }
 
 /// Which API server sent a batch, for ordering by event time (each server is a source of
-/// its own, see `kubetrail_pipeline::watermark`): the `source` query parameter when the
-/// webhook URL names one (`https://kubetrail:8443/audit/prod?source=apiserver-1` in the
-/// server's webhook kubeconfig), else the client's IP address (not its port: one API
-/// server opens several connections).
+/// its own, see `kubetrail_pipeline::watermark`): its authenticated identity when it has one
+/// (the verified client certificate's subject, or the name of its bearer token in the
+/// tokens file), else the `source` query parameter when the webhook URL names one
+/// (`https://kubetrail:8443/audit/prod?source=apiserver-1` in the server's webhook
+/// kubeconfig), else the client's IP address (not its port: one API server opens several
+/// connections). A `source` parameter is still validated when an identity wins.
 pub(crate) fn batch_source(
+    identity: Option<String>,
     query: Option<&str>,
     remote: Option<std::net::SocketAddr>,
 ) -> Result<Option<String>, String> {
@@ -630,9 +634,9 @@ pub(crate) fn batch_source(
                 "invalid source {value:?}: 1 to 253 characters of [A-Za-z0-9-._:]"
             ));
         }
-        return Ok(Some(value.to_owned()));
+        return Ok(Some(identity.unwrap_or_else(|| value.to_owned())));
     }
-    Ok(remote.map(|r| r.ip().to_string()))
+    Ok(identity.or_else(|| remote.map(|r| r.ip().to_string())))
 }
 
 async fn publish(
@@ -1059,20 +1063,31 @@ mod tests {
     fn a_batch_source_is_the_named_source_else_the_client_ip() {
         let remote: std::net::SocketAddr = "10.0.0.7:51234".parse().unwrap();
         assert_eq!(
-            batch_source(Some("source=apiserver-1"), Some(remote)),
+            batch_source(None, Some("source=apiserver-1"), Some(remote)),
             Ok(Some("apiserver-1".into()))
         );
         assert_eq!(
-            batch_source(Some("x=1&source=a.b_c:2"), None),
+            batch_source(None, Some("x=1&source=a.b_c:2"), None),
             Ok(Some("a.b_c:2".into()))
         );
         assert_eq!(
-            batch_source(None, Some(remote)),
+            batch_source(None, None, Some(remote)),
             Ok(Some("10.0.0.7".into()))
         );
-        assert_eq!(batch_source(Some("other=1"), None), Ok(None));
-        assert!(batch_source(Some("source="), Some(remote)).is_err());
-        assert!(batch_source(Some("source=a%20b"), Some(remote)).is_err());
+        assert_eq!(batch_source(None, Some("other=1"), None), Ok(None));
+        assert!(batch_source(None, Some("source="), Some(remote)).is_err());
+        assert!(batch_source(None, Some("source=a%20b"), Some(remote)).is_err());
+        // The authenticated identity comes first.
+        let id = || Some("apiserver-0".to_owned());
+        assert_eq!(
+            batch_source(id(), Some("source=apiserver-1"), Some(remote)),
+            Ok(Some("apiserver-0".into()))
+        );
+        assert_eq!(
+            batch_source(id(), None, Some(remote)),
+            Ok(Some("apiserver-0".into()))
+        );
+        assert!(batch_source(id(), Some("source="), Some(remote)).is_err());
     }
 
     #[test]

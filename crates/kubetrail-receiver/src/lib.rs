@@ -40,6 +40,12 @@
 //! Listening on a non-loopback address with no authentication at all is refused unless
 //! [`ReceiverConfig::insecure`] is set.
 //!
+//! The authenticated identity is also **who sent the batch** (its `source`, by which events
+//! are ordered per API server, see `kubetrail_pipeline::watermark`): the verified client
+//! certificate's common name (else its whole subject), else the name of the bearer token
+//! (`TOKEN,NAME` lines in the tokens file), else the webhook URL's `?source=NAME`, else the
+//! client's IP address.
+//!
 //! `GET /healthz`, `GET /readyz` and `GET /metrics` need **no** authentication: they are for
 //! kubelet probes and Prometheus scrapes, and reveal nothing about the audit data.
 //!
@@ -102,7 +108,9 @@ pub struct ReceiverConfig {
     pub body_read_timeout: Duration,
     /// TLS; plain HTTP when `None`.
     pub tls: Option<TlsConfig>,
-    /// A file with one accepted bearer token per line; blank lines and `#` comments ignored.
+    /// A file with one accepted bearer token per line, `TOKEN` or `TOKEN,NAME[,…]` (the
+    /// first fields of kube-apiserver's static token file; the name becomes the source of
+    /// the batches sent with that token); blank lines and `#` comments ignored.
     pub token_file: Option<PathBuf>,
     /// Allows a non-loopback listen address without any authentication.
     pub insecure: bool,

@@ -355,6 +355,7 @@ impl Connection {
                 let info = ConnInfo {
                     remote,
                     client_cert_verified: false,
+                    client_subject: None,
                 };
                 self.serve_http(TokioIo::new(stream), info).await;
             }
@@ -364,14 +365,15 @@ impl Connection {
                     Ok(Ok(stream)) => {
                         // With a client CA configured, rustls only lets a handshake with a
                         // certificate through if the certificate verified.
-                        let verified = stream
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .is_some_and(|c| !c.is_empty());
+                        let peer = stream.get_ref().1.peer_certificates();
+                        let verified = peer.is_some_and(|c| !c.is_empty());
+                        let client_subject = peer
+                            .and_then(|c| c.first())
+                            .and_then(|c| crate::auth::certificate_subject(c.as_ref()));
                         let info = ConnInfo {
                             remote,
                             client_cert_verified: verified,
+                            client_subject,
                         };
                         self.serve_http(TokioIo::new(stream), info).await;
                     }

@@ -159,7 +159,7 @@ pub struct WebhookArgs {
     /// CA bundle (PEM) that client certificates must chain to; enables mTLS authentication (config: `server.tls.client_ca`).
     #[arg(long, env = "KUBETRAIL_CLIENT_CA", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
-    /// File of accepted bearer tokens, one per line (config: `server.token_file`).
+    /// File of accepted bearer tokens, one per line, `TOKEN` or `TOKEN,NAME` (the name is the batches' source, e.g. the API server's name) (config: `server.token_file`).
     #[arg(long, env = "KUBETRAIL_TOKEN_FILE")]
     pub token_file: Option<PathBuf>,
     /// Allow listening on a non-loopback address without any authentication (config: `server.insecure`).

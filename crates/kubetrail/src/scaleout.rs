@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use kubetrail_export::{Exporter, SpanSink};
-use kubetrail_kafka::{KafkaConfig, KafkaProducer, PartitionedWorker, minimum_lookback};
+use kubetrail_kafka::{
+    KafkaConfig, KafkaProducer, PartitionedWorker, Repartitioner, minimum_lookback,
+};
 use kubetrail_queue::AuditProducer;
 use kubetrail_receiver::Receiver;
 use kubetrail_worker::WorkerConfig;
@@ -175,8 +177,35 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         order: cfg.time.clone(),
         ..Default::default()
     };
-    let worker = PartitionedWorker::new(&kafka, pipeline, exporter, worker_config)
+    // Repartitioning by family (the crate doc of kubetrail-kafka): this process routes its
+    // share of the input topic's partitions into the family topic, and runs the pipelines of
+    // its share of the family topic's partitions.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_tx = Arc::new(stop_tx);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut progress = None;
+    let router = if kafka.repartition {
+        let r = Repartitioner::new(&kafka, pipeline.link.clone())
+            .context("cannot join the Kafka routing group")?;
+        progress = Some(r.progress());
+        eprintln!(
+            "kubetrail consume: routing topic {} (group {}) into {} by family",
+            kafka.topic,
+            kafka.route_stage().group,
+            kafka.family_topic_name()
+        );
+        Some(tokio::spawn(r.run(stopped(stop_rx.clone()))))
+    } else {
+        None
+    };
+    let kafka = kafka.pipeline_stage();
+    let mut worker = PartitionedWorker::new(&kafka, pipeline, exporter, worker_config)
         .context("cannot join the Kafka consumer group")?;
+    if let Some(p) = progress {
+        worker = worker.with_upstream(p);
+    }
     if let Some(addr) = args.metrics_listen.or(cfg.server.listen) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -201,7 +230,26 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         "kubetrail consume: joined group {} on topic {} at {}",
         kafka.group, kafka.topic, kafka.brokers
     );
-    let report = worker.run(shutdown).await;
+    let on_signal = stop_tx.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = on_signal.send(true);
+    });
+    let report = worker.run(stopped(stop_rx)).await;
+    // The pipelines ended (a signal, or the exporter failed): the routing stage ends too.
+    let _ = stop_tx.send(true);
+    if let Some(router) = router {
+        match router.await {
+            Ok(Ok(r)) => eprintln!(
+                "kubetrail consume: routed {} events ({} by namespace, {} in the cluster scope, {} of them namespaced members of cluster-scoped families)",
+                r.events, r.namespace, r.cluster, r.crossing
+            ),
+            Ok(Err(e)) => {
+                return Err(anyhow::Error::new(e).context("the Kafka routing stage failed"));
+            }
+            Err(e) => return Err(anyhow::anyhow!("the Kafka routing stage failed: {e}")),
+        }
+    }
     let export = exporter_task
         .await
         .context("the exporter stopped unexpectedly")?;

@@ -246,3 +246,80 @@ async fn stalled_tls_handshake_is_closed() {
     );
     h.server.stop().await;
 }
+
+/// Who sent a batch (its source, by which events are ordered per API server): the verified
+/// client certificate's common name, else the name of the token (a `TOKEN,NAME` line), else
+/// `?source=`, else the client's IP — over real HTTPS with the API server's client.
+#[tokio::test]
+async fn the_batch_source_is_the_authenticated_identity() {
+    let pki = Pki::new();
+    let tokens = pki.dir.path().join("named-tokens");
+    std::fs::write(
+        &tokens,
+        "# kube-apiserver static token file format: token,user,uid,groups\n\
+         token-one,apiserver-1,uid-1,\"system:masters\"\n\
+         token-two\n",
+    )
+    .unwrap();
+    let mut h = Harness::start(ReceiverConfig {
+        tls: Some(TlsConfig {
+            cert: pki.server_cert.clone(),
+            key: pki.server_key.clone(),
+            client_ca: Some(pki.ca_file.clone()),
+        }),
+        token_file: Some(tokens),
+        ..config()
+    })
+    .await;
+    let base = h.server.https_url("/audit/ha");
+    let client = |query: &str| {
+        ApiServerClient::new(&format!("{base}{query}"))
+            .with_tls(pki.ca_pem.as_bytes(), None)
+            .unwrap()
+    };
+    async fn send(h: &mut Harness, c: ApiServerClient) -> Option<String> {
+        let report = c.send_events(&events(2)).await.unwrap();
+        assert!(report.all_delivered(), "{report:?}");
+        h.next_batch().await.source
+    }
+    // The named token: its name, whatever the URL says.
+    assert_eq!(
+        send(&mut h, client("?source=elsewhere").with_token("token-one"))
+            .await
+            .as_deref(),
+        Some("apiserver-1")
+    );
+    // The full line is not the token; the token alone is.
+    let resp = client("")
+        .with_token("token-one,apiserver-1")
+        .post_raw("", body_of(&events(1)), &[])
+        .await
+        .unwrap();
+    assert_eq!(resp.status, 403, "{}", resp.text());
+    // An unnamed token: the URL's name, else the client's IP.
+    assert_eq!(
+        send(
+            &mut h,
+            client("?source=apiserver-2").with_token("token-two")
+        )
+        .await
+        .as_deref(),
+        Some("apiserver-2")
+    );
+    assert_eq!(
+        send(&mut h, client("").with_token("token-two"))
+            .await
+            .as_deref(),
+        Some("127.0.0.1")
+    );
+    // A verified client certificate: its common name, over a token's name and the URL's.
+    let with_cert = ApiServerClient::new(&format!("{base}?source=elsewhere"))
+        .with_token("token-one")
+        .with_tls(pki.ca_pem.as_bytes(), Some(pki.client_identity.as_bytes()))
+        .unwrap();
+    assert_eq!(
+        send(&mut h, with_cert).await.as_deref(),
+        Some("kube-apiserver")
+    );
+    h.server.stop().await;
+}
