@@ -186,9 +186,9 @@ pub struct ServeArgs {
     /// How long shutdown may take to drain the queue and flush the exporter (config: `shutdown_timeout`).
     #[arg(long, env = "KUBETRAIL_SHUTDOWN_TIMEOUT", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
-    /// Durable log directory: accepted batches are on disk before the 200 and survive a crash
-    /// (config: `queue.dir`). Without it the queue is in memory only and a crash loses what
-    /// was accepted but not yet exported.
+    /// Durable log directory: accepted batches are on disk before the 200 and survive a
+    /// crash; without it the queue is in memory only and a crash loses what was accepted but
+    /// not yet exported (config: `queue.dir`).
     #[arg(long, env = "KUBETRAIL_QUEUE_DIR", value_name = "DIR")]
     pub queue_dir: Option<PathBuf>,
 }

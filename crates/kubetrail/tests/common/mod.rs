@@ -174,10 +174,13 @@ pub async fn replay_id_set(
     )
 }
 
-/// A start for a live rollout (what an API server sends `serve`): a few minutes ago, so that
-/// all of it (about 100 s) is in the past and inside one 30-minute window. With a `--linger`
-/// longer than that, no wall-clock tick emits a family before the test says so (SIGTERM),
-/// however slowly the machine runs.
+/// A start for a live rollout (what an API server sends `serve`): inside the current
+/// 30-minute window, all of it (up to 150 s) in one window. Normally 200 s ago (all in the
+/// past); within 200 s after a window boundary, just after the boundary (partly ahead of wall
+/// time, well inside the watermark's 5-minute far-ahead bound) — not in the previous window,
+/// which wall-clock ticks already treat as closed (`serve_e2e` lost a request span there,
+/// run at :31–:33). With a `--linger` longer than the rollout, no wall-clock tick emits a
+/// family before the test says so (SIGTERM), however slowly the machine runs.
 pub fn live_start() -> i64 {
     const WINDOW: i64 = 30 * 60 * 1_000_000_000;
     let now = i64::try_from(
@@ -191,7 +194,7 @@ pub fn live_start() -> i64 {
     if now - window_start >= 200_000_000_000 {
         now - 200_000_000_000
     } else {
-        window_start - 600_000_000_000
+        window_start + 1_000_000_000
     }
 }
 
