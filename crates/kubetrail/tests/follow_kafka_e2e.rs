@@ -53,6 +53,8 @@ async fn follow_into_kafka_survives_sigkill_and_consume_equals_replay() {
     let half = lines.len() / 2;
     let broker = KafkaBroker::start().unwrap();
     broker.create_topic("audit", 2).unwrap();
+    // `consume` routes `audit` into the family-keyed `audit-families` (kafka.repartition).
+    broker.create_topic("audit-families", 2).unwrap();
     let brokers = broker.addr().to_string();
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
