@@ -701,14 +701,20 @@ impl DurableConsumer {
         })
     }
 
-    fn ack(&self, seq: u64, inner: Option<Ack>) -> Ack {
+    fn ack(&self, seq: u64, mut inner: Option<Ack>) -> Ack {
         let tx = self.tx.clone();
+        let room = inner.as_mut().and_then(Ack::take_room);
         // Explicit: a batch whose processing was abandoned (the exporter stopped) stays in
-        // the log as not exported. The in-memory room is given back either way.
-        Ack::explicit(move || {
+        // the log as not exported. The in-memory room is given back either way (and early:
+        // once the worker took the batch over).
+        let ack = Ack::explicit(move || {
             let _ = tx.send(Cmd::Acked(seq));
             drop(inner);
-        })
+        });
+        match room {
+            Some(room) => ack.with_room(room),
+            None => ack,
+        }
     }
 }
 

@@ -293,7 +293,9 @@ impl EmbeddedConsumer {
 
     fn received(&self, batch: AuditBatch, permit: Held) -> Received {
         let shared = self.shared.clone();
-        let ack = Ack::new(move || {
+        // The permits are the batch's room: back once the worker has taken the batch over
+        // (or at the acknowledgement, whichever is first).
+        let ack = Ack::new(|| {}).with_room(move || {
             drop(permit);
             metrics::gauge!("kubetrail_queue_depth_events", "queue" => "embedded")
                 .set((shared.capacity - shared.permits.available_permits()) as f64);

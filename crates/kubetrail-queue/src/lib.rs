@@ -100,9 +100,17 @@ pub trait AuditProducer: Send + Sync {
 /// Acknowledges a received batch once everything derived from it is safe (exported). Dropping
 /// an acknowledgement made with [`Ack::new`] without calling [`Ack::done`] also acknowledges
 /// (the batch is not redelivered in-process); one made with [`Ack::explicit`] does not.
+///
+/// An acknowledgement may also hold the batch's *room* in an in-memory queue
+/// ([`Ack::with_room`]): given back as soon as the consumer has taken the batch over
+/// ([`Ack::release_room`]: its events are in the pipeline's own bounded buffers), and at the
+/// latest when the acknowledgement is done or dropped. Acknowledging waits for the spans;
+/// the room must not, or a queue full of batches whose last events wait for later ones would
+/// never take those later ones.
 pub struct Ack {
     on_done: Option<Box<dyn FnOnce() + Send>>,
     on_drop: bool,
+    room: Option<Box<dyn FnOnce() + Send>>,
 }
 
 impl Ack {
@@ -111,6 +119,7 @@ impl Ack {
         Ack {
             on_done: Some(Box::new(f)),
             on_drop: true,
+            room: None,
         }
     }
 
@@ -121,6 +130,7 @@ impl Ack {
         Ack {
             on_done: Some(Box::new(f)),
             on_drop: false,
+            room: None,
         }
     }
 
@@ -129,11 +139,33 @@ impl Ack {
         Ack {
             on_done: None,
             on_drop: false,
+            room: None,
         }
+    }
+
+    /// Adds the batch's room in an in-memory queue: `f` gives it back, at
+    /// [`release_room`](Ack::release_room), [`done`](Ack::done) or drop, whichever is first.
+    pub fn with_room(mut self, f: impl FnOnce() + Send + 'static) -> Self {
+        self.room = Some(Box::new(f));
+        self
+    }
+
+    /// Gives the batch's room back now (the consumer holds its events elsewhere, bounded);
+    /// the acknowledgement itself is still to come.
+    pub fn release_room(&mut self) {
+        if let Some(f) = self.room.take() {
+            f();
+        }
+    }
+
+    /// Takes the room out, to be held by an acknowledgement that wraps this one.
+    pub fn take_room(&mut self) -> Option<Box<dyn FnOnce() + Send>> {
+        self.room.take()
     }
 
     /// Acknowledges.
     pub fn done(mut self) {
+        self.release_room();
         if let Some(f) = self.on_done.take() {
             f();
         }
@@ -142,6 +174,8 @@ impl Ack {
 
 impl Drop for Ack {
     fn drop(&mut self) {
+        // Memory is given back whatever happens to the batch.
+        self.release_room();
         if self.on_drop
             && let Some(f) = self.on_done.take()
         {

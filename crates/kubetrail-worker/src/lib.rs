@@ -180,20 +180,26 @@ impl<C: AuditConsumer> Worker<C> {
                 biased;
                 () = &mut stop => break,
                 received = self.consumer.recv() => {
-                    let Some(Received { batch, ack }) = received else { break };
+                    let Some(Received { batch, mut ack }) = received else { break };
                     report.batches += 1;
                     // Wall time only while caught up: a backlog is ordered on its own time.
                     let now = (live && self.consumer.caught_up()).then(wall_now);
                     let tag = self.next_tag;
                     self.next_tag += 1;
-                    if batch.events.is_empty() {
-                        self.completed.push(ack);
-                    } else {
-                        self.pending.insert(tag, Pending { remaining: batch.events.len(), ack });
-                    }
+                    let remaining = batch.events.len();
                     let source = batch.source.as_deref().unwrap_or(&batch.cluster);
                     for event in batch.events {
                         self.sequencer.push_tagged(source, &batch.cluster, event, now, tag);
+                    }
+                    // The events are the sequencer's now (bounded by `order.max_held`): the
+                    // queue gets the batch's room back, or a queue full of batches whose last
+                    // events wait for later ones could never take those (replay would hang).
+                    // The acknowledgement still waits for the batch's own spans.
+                    ack.release_room();
+                    if remaining == 0 {
+                        self.completed.push(ack);
+                    } else {
+                        self.pending.insert(tag, Pending { remaining, ack });
                     }
                     self.release(now, &mut out);
                     self.submit(&mut out).await?;
