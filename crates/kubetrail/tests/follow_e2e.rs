@@ -334,17 +334,7 @@ async fn two_nodes_forwarding_to_a_central_serve_give_the_merged_replays_spans()
     // are as fresh as a live log's (event time = wall time): the central serve orders its
     // sources on the wall clock. The rollout (~35 s) must not straddle a 30-minute window
     // boundary: close to one, start just after it (within the watermark's far-ahead bound).
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
-    const WINDOW: i64 = 30 * 60 * 1_000_000_000;
-    let next_window = now - now.rem_euclid(WINDOW) + WINDOW;
-    let start = if now + 60_000_000_000 < next_window {
-        now
-    } else {
-        next_window + 1_000_000_000
-    };
+    let start = common::wall_time_start();
     let stream = RolloutScenario {
         cluster_start: start,
         ..Default::default()

@@ -237,20 +237,7 @@ async fn feed_servers(clients: &[ApiServerClient], per_server: &[Vec<Value>], la
 async fn concurrent_servers_one_lagging_20s_give_the_merged_replays_spans() {
     // Event time is wall time (the servers are live), so the watermark's wall-clock
     // extrapolation is exercised as in production.
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64;
-    // The rollout lasts about 35 s of event time and must not straddle a 30-minute window
-    // boundary (that would rightly make two traces): close to one, start just after it (up
-    // to a minute ahead of wall time, well within the watermark's far-ahead bound).
-    const WINDOW: i64 = 30 * 60 * 1_000_000_000;
-    let next_window = now - now.rem_euclid(WINDOW) + WINDOW;
-    let start = if now + 60_000_000_000 < next_window {
-        now
-    } else {
-        next_window + 1_000_000_000
-    };
+    let start = common::wall_time_start();
     let stream = RolloutScenario {
         cluster_start: start,
         ..Default::default()

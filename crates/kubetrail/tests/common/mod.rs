@@ -198,6 +198,27 @@ pub fn live_start() -> i64 {
     }
 }
 
+/// A start for a rollout whose event time is wall time (live servers, fresh log lines): now,
+/// unless the rollout (about 35 s) would straddle a 30-minute window boundary (that would
+/// rightly make two traces) — then just after that boundary, up to a minute ahead of wall
+/// time, well within the watermark's far-ahead bound.
+pub fn wall_time_start() -> i64 {
+    const WINDOW: i64 = 30 * 60 * 1_000_000_000;
+    let now = i64::try_from(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    )
+    .unwrap();
+    let next_window = now - now.rem_euclid(WINDOW) + WINDOW;
+    if now + 60_000_000_000 < next_window {
+        now
+    } else {
+        next_window + 1_000_000_000
+    }
+}
+
 /// `nanos` as an RFC 3339 time (seconds).
 pub fn rfc3339(nanos: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap());
