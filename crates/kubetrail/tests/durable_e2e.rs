@@ -352,17 +352,21 @@ async fn a_segment_cut_mid_record_is_cut_counted_and_the_rest_is_used() {
         assert!(r.all_delivered(), "{:?}", r.statuses());
     }
     kill9(s).await;
-    // A power loss in the middle of writing the last batch: its record is cut short.
-    let segs = segments(&queue);
-    let last = segs
-        .iter()
+    // A power loss in the middle of writing the last batch: its record is cut short (and
+    // whatever the log wrote after it — delivered-span records — never reached the disk).
+    // The cut is placed by reading the segment, not by a byte count from the end: the tail
+    // may hold a delivered-span record longer than any fixed count.
+    let (last, batch) = segments(&queue)
+        .into_iter()
         .rev()
-        .find(|p| std::fs::metadata(p).unwrap().len() > 8)
-        .unwrap()
-        .clone();
-    let len = std::fs::metadata(&last).unwrap().len();
+        .find_map(|p| {
+            let scanned = kubetrail_log::format::scan(&p).unwrap();
+            scanned.batches.last().cloned().map(|b| (p, b))
+        })
+        .expect("a segment with a batch record");
+    let cut_at = batch.offset + batch.len as u64 / 2;
     let f = std::fs::OpenOptions::new().write(true).open(&last).unwrap();
-    f.set_len(len - 1000).unwrap();
+    f.set_len(cut_at).unwrap();
     drop(f);
 
     let (mut child, rest, stderr) = spawn_until(&args, "kubetrail serve: listening on ").await;
@@ -375,7 +379,7 @@ async fn a_segment_cut_mid_record_is_cut_counted_and_the_rest_is_used() {
         "every batch but the cut one"
     );
     assert!(
-        std::fs::metadata(&last).unwrap().len() < len - 1000,
+        std::fs::metadata(&last).unwrap().len() < cut_at,
         "the damaged tail was cut from the file"
     );
     let status = terminate(&mut child).await;
