@@ -69,6 +69,12 @@ pub struct ConsumerStats {
     pub assigned: Vec<i32>,
     /// The last offset this consumer committed, per partition (the next offset to read).
     pub committed: BTreeMap<i32, i64>,
+    /// Per partition, the offset after the last message a worker took from this consumer.
+    /// A taken batch is the worker's: its events are processed (and, when the worker ends,
+    /// emitted) even if the partition is revoked now. Commits trail it by what the
+    /// watermark still holds, so this — not `committed` — says "everything up to here has
+    /// reached a pipeline".
+    pub taken: BTreeMap<i32, i64>,
     /// The consumer has closed: it left the group and its polling thread ended.
     pub closed: bool,
 }
@@ -94,6 +100,7 @@ pub(crate) struct ConsumerShared {
     /// An acknowledgement moved some partition's committable offset.
     commit_dirty: AtomicBool,
     committed: Mutex<BTreeMap<i32, i64>>,
+    taken: Mutex<BTreeMap<i32, i64>>,
     assigned: Mutex<BTreeMap<i32, Arc<PartitionShared>>>,
     /// Why the consumer stopped, if it failed.
     fatal: Mutex<Option<String>>,
@@ -115,6 +122,7 @@ impl ConsumerShared {
             pauses: get(&c.pauses),
             assigned: lock(&self.assigned).keys().copied().collect(),
             committed: lock(&self.committed).clone(),
+            taken: lock(&self.taken).clone(),
             closed: self.closed.load(Ordering::Acquire),
         }
     }
@@ -193,6 +201,16 @@ impl RawBatch {
     /// Whether the batch was re-read by the lookback (before the committed offset).
     pub(crate) fn replayed(&self) -> bool {
         self.replayed
+    }
+
+    /// Records that a worker took the batch ([`ConsumerStats::taken`]).
+    pub(crate) fn mark_taken(&self) {
+        let Some(last) = self.messages.last() else {
+            return;
+        };
+        let mut taken = lock(&self.partition.consumer.taken);
+        let next = taken.entry(self.partition.partition).or_insert(0);
+        *next = (*next).max(last.offset + 1);
     }
 
     pub(crate) fn into_received(self) -> Option<Received> {
@@ -853,6 +871,7 @@ impl Poller {
             counters: Counters::default(),
             commit_dirty: AtomicBool::new(false),
             committed: Mutex::new(BTreeMap::new()),
+            taken: Mutex::new(BTreeMap::new()),
             assigned: Mutex::new(BTreeMap::new()),
             fatal: Mutex::new(None),
             closed: AtomicBool::new(false),
@@ -1044,6 +1063,7 @@ impl AuditConsumer for KafkaConsumer {
             if batch.partition.revoked.load(Ordering::Acquire) {
                 continue; // the partition's next owner reads it again
             }
+            batch.mark_taken();
             if let Some(r) = batch.into_received() {
                 return Some(r);
             }

@@ -136,6 +136,7 @@ impl PartitionConsumer {
                 return None;
             }
             let replayed = batch.replayed();
+            batch.mark_taken();
             if let Some(r) = batch.into_received() {
                 return Some((r, replayed));
             }
@@ -159,6 +160,7 @@ impl AuditConsumer for PartitionConsumer {
             if self.shared.revoked.load(Ordering::Acquire) {
                 return None;
             }
+            batch.mark_taken();
             if let Some(r) = batch.into_received() {
                 return Some(r);
             }
