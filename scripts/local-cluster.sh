@@ -11,7 +11,9 @@
 # Every API server gets audit-policy/policy.yaml and the log backend writing
 # DIR/audit/apiserver-I/audit.log; with --webhook-url also the webhook backend in batch mode with
 # README's flags and a webhook kubeconfig shaped like deploy/apiserver/webhook-kubeconfig.yaml
-# (DIR/webhook-kubeconfig.yaml; token in DIR/webhook-token). DIR/kubeconfig is an admin
+# per API server (DIR/webhook-kubeconfig-apiserver-I.yaml; token in DIR/webhook-token), whose
+# URL gets `source=apiserver-I` as README's HA section asks (kubetrail orders events per API
+# server and waits for the slowest). DIR/kubeconfig is an admin
 # kubeconfig: context "apiserver-I" names API server I, the current context is apiserver-1.
 # kube-controller-manager talks to apiserver-1, kube-scheduler and the kubelet to apiserver-N (as
 # on an HA control plane, where each node's components use their local API server).
@@ -194,28 +196,32 @@ if [[ -n "$webhook_url" ]]; then
     umask 077
     printf '%s\n' "$webhook_token" >"$dir/webhook-token"
     umask 022
-    {
-        echo "apiVersion: v1"
-        echo "kind: Config"
-        echo "clusters:"
-        echo "  - name: kubetrail"
-        echo "    cluster:"
-        echo "      server: $webhook_url"
-        [[ -n "$webhook_ca" ]] && echo "      certificate-authority: $webhook_ca"
-        echo "users:"
-        echo "  - name: kube-apiserver"
-        echo "    user:"
-        echo "      tokenFile: $dir/webhook-token"
-        echo "contexts:"
-        echo "  - name: default"
-        echo "    context:"
-        echo "      cluster: kubetrail"
-        echo "      user: kube-apiserver"
-        echo "current-context: default"
-    } >"$dir/webhook-kubeconfig.yaml"
+    # One kubeconfig per API server: its URL names the server (`?source=apiserver-I`).
+    sep="?"
+    [[ "$webhook_url" == *\?* ]] && sep="&"
+    for i in $(seq 1 "$apiservers"); do
+        {
+            echo "apiVersion: v1"
+            echo "kind: Config"
+            echo "clusters:"
+            echo "  - name: kubetrail"
+            echo "    cluster:"
+            echo "      server: ${webhook_url}${sep}source=apiserver-$i"
+            [[ -n "$webhook_ca" ]] && echo "      certificate-authority: $webhook_ca"
+            echo "users:"
+            echo "  - name: kube-apiserver"
+            echo "    user:"
+            echo "      tokenFile: $dir/webhook-token"
+            echo "contexts:"
+            echo "  - name: default"
+            echo "    context:"
+            echo "      cluster: kubetrail"
+            echo "      user: kube-apiserver"
+            echo "current-context: default"
+        } >"$dir/webhook-kubeconfig-apiserver-$i.yaml"
+    done
     # README.md "Wiring the API server".
     webhook_flags=(
-        --audit-webhook-config-file="$dir/webhook-kubeconfig.yaml"
         --audit-webhook-mode=batch
         --audit-webhook-batch-max-size=400
         --audit-webhook-batch-max-wait=1s
@@ -257,6 +263,8 @@ wait_for etcd 60 curl -sf "http://127.0.0.1:$port_etcd/health"
 
 for i in $(seq 1 "$apiservers"); do
     mkdir -p "$dir/audit/apiserver-$i"
+    own_webhook=()
+    [[ -n "$webhook_url" ]] && own_webhook=(--audit-webhook-config-file="$dir/webhook-kubeconfig-apiserver-$i.yaml")
     start "apiserver-$i" "$bin/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:$port_etcd" \
         --bind-address="127.0.0.$i" --advertise-address="127.0.0.$i" --secure-port="$port_api" \
@@ -269,7 +277,7 @@ for i in $(seq 1 "$apiservers"); do
         --profiling=false \
         --audit-policy-file="$repo/audit-policy/policy.yaml" \
         --audit-log-path="$dir/audit/apiserver-$i/audit.log" --audit-log-format=json \
-        "${webhook_flags[@]}"
+        "${webhook_flags[@]}" "${own_webhook[@]}"
 done
 for i in $(seq 1 "$apiservers"); do
     wait_for "apiserver-$i" 120 curl -sf --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" \

@@ -65,6 +65,12 @@ pub const LINK_PART_NEXT: &str = "part-next";
 pub const LINK_OWNER: &str = "owner";
 /// Link rule: an object's span to its span in an earlier segment of the same window.
 pub const LINK_PREVIOUS_SEGMENT: &str = "previous-segment";
+/// On a root span of a later segment: the span id of the same object's span in the earlier
+/// segment of the same trace. Said as an attribute, not a link: Jaeger takes a span's
+/// `FOLLOWS_FROM` reference into its own trace for its parent when it has no `CHILD_OF`, so
+/// such a link would nest the later segment under the earlier one and draw a clock-skew
+/// warning on it (it starts after its "parent" ended).
+pub const SEGMENT_PREVIOUS: &str = "kubetrail.segment.previous_span_id";
 /// Link rule: an object's span to its last span in the previous window.
 pub const LINK_PREVIOUS_WINDOW: &str = "previous-window";
 

@@ -614,7 +614,8 @@ impl Aggregator {
             let trace_id = slot_trace(&key, old.slot);
             let mut span = self.object_span(&key, trace_id, &old, parent_span, s, e, false);
             span.links.extend(owner_link);
-            span.links.extend(self.history_link(&key, &old, trace_id));
+            let history = self.history_link(&key, &old, trace_id);
+            attach_history(&mut span, history);
             if old.slot != 0 {
                 attrs::push(&mut span.attributes, attrs::PART_INDEX, i64::from(old.slot));
             }
@@ -731,7 +732,8 @@ impl Aggregator {
                 let mut span =
                     self.object_span(&fam.key, trace_id, st, parent_span, s, e, st.own.is_none());
                 span.links.extend(owner_link);
-                span.links.extend(self.history_link(&fam.key, st, trace_id));
+                let history = self.history_link(&fam.key, st, trace_id);
+                attach_history(&mut span, history);
                 if st.slot != 0 {
                     attrs::push(&mut span.attributes, attrs::PART_INDEX, i64::from(st.slot));
                 }
@@ -931,6 +933,25 @@ fn slot_trace(key: &FamilyKey, slot: u32) -> TraceId {
 /// The stand-in root span of part `slot`.
 fn stand_in_id(key: &FamilyKey, slot: u32) -> SpanId {
     ids::part_root_span_id(&key.cluster, &key.root, key.window_start, slot)
+}
+
+/// Adds the link to the object's previous span — unless the span is a root of its trace and
+/// the previous span is in the same trace (an earlier segment of a family root): then the
+/// previous span is named by [`attrs::SEGMENT_PREVIOUS`] instead, because Jaeger would take
+/// the link for the span's parent.
+fn attach_history(span: &mut SpanRecord, history: Option<SpanLinkRecord>) {
+    let Some(l) = history else {
+        return;
+    };
+    if span.parent_span_id.is_none() && l.trace_id == span.trace_id {
+        attrs::push(
+            &mut span.attributes,
+            attrs::SEGMENT_PREVIOUS,
+            l.span_id.to_string(),
+        );
+    } else {
+        span.links.push(l);
+    }
 }
 
 fn link(

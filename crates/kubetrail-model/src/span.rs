@@ -72,7 +72,8 @@ pub struct SpanEventRecord {
     pub attributes: Vec<(AttrKey, AttrValue)>,
 }
 
-/// A link from a span to a span of another trace.
+/// A link from a span to a span of another trace (or of its own trace, when the span has a
+/// parent there: Jaeger takes a root span's link into its own trace for its parent).
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpanLinkRecord {
     /// The linked trace.

@@ -309,6 +309,87 @@ impl JaegerTrace {
         self.spans.iter().find(|s| s.span_id == span_id)
     }
 
+    /// The trace's spans in the form OTLP receivers give ([`ReceivedSpan`](crate::ReceivedSpan)),
+    /// so that what Jaeger stored can be checked with the same assertions as what was sent:
+    /// the process's service and tags become `service_name` and the resource attributes,
+    /// `CHILD_OF` the parent, `FOLLOWS_FROM` the links, logs the events (named by their
+    /// `event` field), `span.kind` / `otel.status_code` / `otel.status_description` the kind
+    /// and status; Jaeger's own bookkeeping tags (`otel.scope.*`, `error`) are left out of
+    /// the attributes. Times are Jaeger's microseconds, in nanoseconds.
+    pub fn received_spans(&self) -> Vec<crate::ReceivedSpan> {
+        const BOOKKEEPING: [&str; 6] = [
+            "span.kind",
+            "otel.status_code",
+            "otel.status_description",
+            "otel.scope.name",
+            "otel.scope.version",
+            "error",
+        ];
+        self.spans
+            .iter()
+            .map(|s| {
+                let process = self.processes.get(&s.process_id);
+                let kind = match s.tag("span.kind").as_deref() {
+                    Some("internal") => 1,
+                    Some("server") => 2,
+                    Some("client") => 3,
+                    Some("producer") => 4,
+                    Some("consumer") => 5,
+                    _ => 0,
+                };
+                let status_code = match s.tag("otel.status_code").as_deref() {
+                    Some("OK") => 1,
+                    Some("ERROR") => 2,
+                    _ => 0,
+                };
+                crate::ReceivedSpan {
+                    service_name: process.map(|p| p.service_name.clone()).unwrap_or_default(),
+                    resource_attributes: process
+                        .map(|p| p.tags.iter().map(|t| (t.key.clone(), t.text())).collect())
+                        .unwrap_or_default(),
+                    scope_name: s.tag("otel.scope.name").unwrap_or_default(),
+                    trace_id: s.trace_id.clone(),
+                    span_id: s.span_id.clone(),
+                    parent_span_id: s.parent().map(|r| r.span_id.clone()),
+                    name: s.operation_name.clone(),
+                    kind,
+                    start_unix_nano: s.start_time * 1_000,
+                    end_unix_nano: (s.start_time + s.duration) * 1_000,
+                    attributes: s
+                        .tags
+                        .iter()
+                        .filter(|t| !BOOKKEEPING.contains(&t.key.as_str()))
+                        .map(|t| (t.key.clone(), t.text()))
+                        .collect(),
+                    events: s
+                        .logs
+                        .iter()
+                        .map(|l| {
+                            let mut name = String::new();
+                            let mut fields = BTreeMap::new();
+                            for f in &l.fields {
+                                if f.key == "event" {
+                                    name = f.text();
+                                } else {
+                                    fields.insert(f.key.clone(), f.text());
+                                }
+                            }
+                            (name, fields)
+                        })
+                        .collect(),
+                    links: s
+                        .links()
+                        .iter()
+                        .map(|r| (r.trace_id.clone(), r.span_id.clone()))
+                        .collect(),
+                    status_code,
+                    status_message: s.tag("otel.status_description").unwrap_or_default(),
+                    via: crate::Protocol::JaegerQuery,
+                }
+            })
+            .collect()
+    }
+
     /// Every warning of the trace and its spans, with the span it is on.
     pub fn all_warnings(&self) -> Vec<String> {
         let mut out: Vec<String> = self

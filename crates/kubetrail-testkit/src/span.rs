@@ -20,6 +20,8 @@ pub enum Protocol {
     /// Read from OTLP/JSON text by [`parse_otlp_json_lines`] or
     /// [`parse_otlp_json`], not received over the network.
     File,
+    /// Read back from Jaeger's query API ([`JaegerTrace::received_spans`](crate::JaegerTrace::received_spans)).
+    JaegerQuery,
 }
 
 /// One received span together with its resource's attributes, in a
