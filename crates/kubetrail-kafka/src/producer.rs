@@ -15,8 +15,11 @@ use kubetrail_queue::{AuditBatch, AuditProducer, PublishError, QueueHealth};
 use crate::message::{encode_event, headers, partition_key};
 use crate::{Error, KafkaConfig, wall_now};
 
-/// How long to suggest waiting after the local queue was full.
-const FULL_RETRY_AFTER: Duration = Duration::from_secs(1);
+/// How long to suggest waiting after the local queue was full: 5 s, like every "not now"
+/// answer that can last (kube-apiserver retries a 503 with `Retry-After` up to 55 times in
+/// all, so this gives it ≈ 5 min of patience before it drops the batch; see the receiver's
+/// crate docs).
+const FULL_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// How long to suggest waiting after the brokers failed.
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(5);
 /// Metadata requests of the health probe wait at most this long.

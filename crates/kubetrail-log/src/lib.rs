@@ -426,7 +426,8 @@ impl Writer {
         let full = || {
             PublishError::Unavailable {
             reason: "the durable log's disk budget (queue.durable.disk_bytes) is full of batches not yet exported".into(),
-            retry_after: Duration::from_secs(2),
+            // 55 × this is kube-apiserver's patience (kubetrail-receiver's docs).
+            retry_after: Duration::from_secs(5),
         }
         };
         for reply in refused {

@@ -253,7 +253,9 @@ impl EmbeddedProducer {
                 Err(PublishError::Full {
                     queued: self.queued(),
                     capacity: self.shared.capacity,
-                    retry_after: Duration::from_secs(1),
+                    // kube-apiserver's patience is 55 × this (see kubetrail-receiver's
+                    // docs): ≈ 5 min for a pipeline that is behind, not 1.
+                    retry_after: Duration::from_secs(5),
                 })
             }
         }

@@ -682,7 +682,7 @@ async fn full_run(apiservers: usize) {
     let webhook = Webhook {
         url: format!("https://{addr}/audit/local"),
         token: TOKEN.into(),
-        ca: pki.ca_file.clone(),
+        ca: Some(pki.ca_file.clone()),
     };
     let mut c = LocalCluster::up(&work.path().join("cluster"), apiservers, Some(&webhook)).await;
 
@@ -809,23 +809,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// `apiserver_audit_*` counters of API server I, from its /metrics.
-async fn audit_metrics(c: &LocalCluster, i: usize) -> BTreeMap<String, f64> {
-    let ctx = format!("apiserver-{i}");
-    let out = c
-        .kubectl_on(Some(&ctx), &["get", "--raw", "/metrics"], None)
-        .await;
-    assert!(out.ok, "{}", out.stderr);
-    out.stdout
-        .lines()
-        .filter(|l| l.starts_with("apiserver_audit_"))
-        .filter_map(|l| {
-            let (k, v) = l.rsplit_once(' ')?;
-            Some((k.to_owned(), v.parse().ok()?))
-        })
-        .collect()
-}
-
 #[ignore = "builds and starts a real control plane (scripts/install-k8s.sh: ~20 min cold on 2 cores): `just cluster-test`"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_buffers_and_retries_while_serve_is_stopped() {
@@ -844,7 +827,7 @@ async fn api_server_buffers_and_retries_while_serve_is_stopped() {
     let webhook = Webhook {
         url: format!("https://{addr}/audit/local"),
         token: TOKEN.into(),
-        ca: pki.ca_file.clone(),
+        ca: Some(pki.ca_file.clone()),
     };
     let mut c = LocalCluster::up(&work.path().join("cluster"), 1, Some(&webhook)).await;
     c.kubectl(&["create", "namespace", "outage"]).await;
@@ -891,7 +874,7 @@ async fn api_server_buffers_and_retries_while_serve_is_stopped() {
         "--from-literal=k=v",
     ])
     .await;
-    let metrics = audit_metrics(&c, 1).await;
+    let metrics = c.audit_metrics(1).await;
     c.down();
     let logged = c.audit_lines().len() as u64;
     assert!(terminate(&mut serve).await.success());

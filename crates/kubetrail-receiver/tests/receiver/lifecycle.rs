@@ -44,7 +44,7 @@ async fn full_queue_is_503_and_the_retry_succeeds() {
         .await
         .unwrap();
     assert_eq!(resp.status, 503, "{}", resp.text());
-    assert_eq!(resp.header("retry-after"), Some("1"));
+    assert_eq!(resp.header("retry-after"), Some("5"));
     assert!(resp.text().contains("full"), "{}", resp.text());
     assert!(matches!(
         failures.recv().await,

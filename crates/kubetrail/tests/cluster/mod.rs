@@ -24,8 +24,8 @@ pub struct Webhook {
     pub url: String,
     /// A line of kubetrail's `--token-file`.
     pub token: String,
-    /// The CA that signed kubetrail's serving certificate.
-    pub ca: PathBuf,
+    /// The CA that signed kubetrail's serving certificate (`None` for a plain-HTTP URL).
+    pub ca: Option<PathBuf>,
 }
 
 /// A running local cluster; `down` (or drop) stops it.
@@ -58,9 +58,10 @@ impl LocalCluster {
             .arg(dir)
             .args(["--apiservers", &apiservers.to_string()]);
         if let Some(w) = webhook {
-            cmd.args(["--webhook-url", &w.url, "--webhook-token", &w.token])
-                .arg("--webhook-ca")
-                .arg(&w.ca);
+            cmd.args(["--webhook-url", &w.url, "--webhook-token", &w.token]);
+            if let Some(ca) = &w.ca {
+                cmd.arg("--webhook-ca").arg(ca);
+            }
         }
         let out = cmd
             .stdin(Stdio::null())
@@ -165,6 +166,23 @@ impl LocalCluster {
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
         panic!("{what}: not reached; last kubectl {args:?}:\n{last}");
+    }
+
+    /// The `apiserver_audit_*` series of API server I, from its `/metrics`.
+    pub async fn audit_metrics(&self, i: usize) -> std::collections::BTreeMap<String, f64> {
+        let ctx = format!("apiserver-{i}");
+        let out = self
+            .kubectl_on(Some(&ctx), &["get", "--raw", "/metrics"], None)
+            .await;
+        assert!(out.ok, "{}", out.stderr);
+        out.stdout
+            .lines()
+            .filter(|l| l.starts_with("apiserver_audit_"))
+            .filter_map(|l| {
+                let (k, v) = l.rsplit_once(' ')?;
+                Some((k.to_owned(), v.parse().ok()?))
+            })
+            .collect()
     }
 
     /// The log backend's files, `DIR/audit/apiserver-I/audit.log`.
