@@ -45,12 +45,12 @@ jaeger:
 cluster:
     bash scripts/cluster-demo.sh
 
-# The end-to-end tests on a real control plane (kube-apiserver ×2, controller manager,
-# scheduler, etcd, a node agent, built from source by scripts/install-k8s.sh: ~20 min the
-# first time on 2 cores). Not part of `cargo test --workspace` yet (see ARCHITECTURE.md).
+# Only the end-to-end tests on a real control plane (kube-apiserver ×2, controller manager,
+# scheduler, etcd, a node agent, built from source by scripts/install-k8s.sh the first time);
+# they are part of `cargo test --workspace` too.
 cluster-test:
     bash scripts/install-k8s.sh
-    cargo test --workspace --locked --test e2e_cluster -- --ignored --nocapture
+    cargo test --workspace --locked --test e2e_cluster --test e2e_cluster_client --test cluster_capture -- --nocapture
 
 # Coverage-guided fuzzing (cargo fuzz, nightly): every target for SECONDS (CI: 60).
 fuzz SECONDS="60":

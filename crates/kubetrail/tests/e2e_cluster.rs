@@ -617,7 +617,6 @@ fn span_text(spans: &[ReceivedSpan]) -> String {
 
 /// One API server: the family trees, actors, diffs, redaction, and the webhook and the log
 /// backend giving identical trace and span ids.
-#[ignore = "builds and starts a real control plane (scripts/install-k8s.sh: ~20 min cold on 2 cores): `just cluster-test`"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_control_plane_traces_through_the_webhook_and_the_log_backend() {
     full_run(1).await;
@@ -627,7 +626,6 @@ async fn real_control_plane_traces_through_the_webhook_and_the_log_backend() {
 /// both reaches serve exactly once, and the trees, actors, diffs, redaction and the
 /// webhook-vs-log-backend ids are those of one API server — serve waits for the slower one
 /// (per-source watermark), replay merges the two logs by time.
-#[ignore = "builds and starts a real control plane (scripts/install-k8s.sh: ~20 min cold on 2 cores): `just cluster-test`"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_api_servers_give_the_same_traces_through_the_webhook_and_the_log_backend() {
     full_run(2).await;
@@ -809,7 +807,6 @@ fn free_port() -> u16 {
         .port()
 }
 
-#[ignore = "builds and starts a real control plane (scripts/install-k8s.sh: ~20 min cold on 2 cores): `just cluster-test`"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_buffers_and_retries_while_serve_is_stopped() {
     let pki = Pki::new();

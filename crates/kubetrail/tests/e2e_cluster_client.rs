@@ -122,7 +122,6 @@ async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
 
 const DROPPED: &str = "apiserver_audit_error_total{plugin=\"webhook\"}";
 
-#[ignore = "builds and starts a real control plane (scripts/install-k8s.sh: ~20 min cold on 2 cores): `just cluster-test`"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_api_servers_webhook_client_on_each_answer() {
     let ep = Arc::new(Endpoint::default());
