@@ -961,6 +961,56 @@ impl Engine {
                     involved["fieldPath"] = json!(fp);
                 }
                 let (source, component, instance) = self.cluster.event_source(op.actor);
+                if matches!(op.actor, Actor::Scheduler | Actor::SchedulerLeader) {
+                    // kube-scheduler records through events.k8s.io/v1 (seen on a real
+                    // v1.37 control plane): `regarding`, `note`, `action`, a microsecond
+                    // `eventTime`; the kubelet and kube-controller-manager use core/v1.
+                    let body = json!({
+                        "kind": "Event",
+                        "apiVersion": "events.k8s.io/v1",
+                        "metadata": {"name": ev.name, "namespace": ns},
+                        "eventTime": crate::time::rfc3339_micros(op.start),
+                        "reportingController": component,
+                        "reportingInstance": instance,
+                        "action": "Binding",
+                        "reason": ev.reason,
+                        "regarding": involved,
+                        "note": ev.message,
+                        "type": "Normal",
+                        "deprecatedSource": {},
+                        "deprecatedFirstTimestamp": null,
+                        "deprecatedLastTimestamp": null,
+                    });
+                    let request = body.clone();
+                    let rv = self.next_rv();
+                    let mut response = body;
+                    response["metadata"] = json!({
+                        "name": ev.name, "namespace": ns, "uid": ev.uid, "resourceVersion": rv.to_string(),
+                        "creationTimestamp": rfc3339_secs(op.end),
+                    });
+                    let mut r = self.req(
+                        op,
+                        "create",
+                        format!("/apis/events.k8s.io/v1/namespaces/{ns}/events"),
+                        Class::KubeEvent,
+                    );
+                    r.object_ref = Some(oref(
+                        "events",
+                        &ns,
+                        Some(&ev.name),
+                        None,
+                        "events.k8s.io",
+                        None,
+                        None,
+                    ));
+                    r.rr_object_ref =
+                        Some(oref("events", &ns, None, None, "events.k8s.io", None, None));
+                    r.response_status = ok_status(201);
+                    r.request_object = Some(request);
+                    r.response_object = Some(response);
+                    self.emit(r);
+                    return;
+                }
                 let when = rfc3339_secs(op.start);
                 let mut body = json!({
                     "kind": "Event",

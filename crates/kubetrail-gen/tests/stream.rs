@@ -446,7 +446,14 @@ fn the_rollout_story() {
         assert!(reasons.contains(r), "no {r} event");
     }
     for e in final_lines.iter().filter(|e| resource(e) == Some("events")) {
-        let inv = &e["requestObject"]["involvedObject"];
+        // core/v1 names `involvedObject`; events.k8s.io/v1 (kube-scheduler's) `regarding`.
+        let body = &e["requestObject"];
+        let inv = if body["apiVersion"] == "events.k8s.io/v1" {
+            assert_eq!(e["objectRef"]["apiGroup"], "events.k8s.io");
+            &body["regarding"]
+        } else {
+            &body["involvedObject"]
+        };
         assert!(
             t.object_by_uid(inv["uid"].as_str().unwrap()).is_some(),
             "{inv}"
