@@ -404,25 +404,8 @@ fn a_family_beyond_max_trace_spans_is_cut_into_linked_parts_and_loses_nothing() 
         ..config()
     });
     let deploy = obj("deployments", "big");
-    let mut out = Vec::new();
     let n = 40;
-    for i in 0..n {
-        let pod = obj("pods", &format!("big-{i}"));
-        for (j, verb) in ["create", "patch"].iter().enumerate() {
-            agg.add_request(
-                &event(
-                    &format!("a{i}-{j}"),
-                    verb,
-                    &pod,
-                    T0 + (i * 2 + j as i64) * SEC,
-                    201,
-                ),
-                place(&pod, &[&deploy]),
-                &mut out,
-            );
-        }
-    }
-    agg.finish(&mut out);
+    let out = big_family(&mut agg, &deploy, n);
     // Nothing lost: every request and every object has its span.
     assert_eq!(requests(&out).len(), (n * 2) as usize);
     assert_eq!(
@@ -469,25 +452,25 @@ fn a_family_beyond_max_trace_spans_is_cut_into_linked_parts_and_loses_nothing() 
         max_trace_spans: budget,
         ..config()
     });
-    let mut out2 = Vec::new();
+    assert_eq!(out, big_family(&mut again, &deploy, n));
+}
+
+/// `n` Pods of `owner`, two requests each, then the end of input.
+fn big_family(agg: &mut Aggregator, owner: &ObjectRef, n: i64) -> Vec<SpanRecord> {
+    let mut out = Vec::new();
     for i in 0..n {
         let pod = obj("pods", &format!("big-{i}"));
         for (j, verb) in ["create", "patch"].iter().enumerate() {
-            again.add_request(
-                &event(
-                    &format!("a{i}-{j}"),
-                    verb,
-                    &pod,
-                    T0 + (i * 2 + j as i64) * SEC,
-                    201,
-                ),
-                place(&pod, &[&deploy]),
-                &mut out2,
+            let t = T0 + (i * 2 + j as i64) * SEC;
+            agg.add_request(
+                &event(&format!("a{i}-{j}"), verb, &pod, t, 201),
+                place(&pod, &[owner]),
+                &mut out,
             );
         }
     }
-    again.finish(&mut out2);
-    assert_eq!(out, out2);
+    agg.finish(&mut out);
+    out
 }
 
 fn traceparent_link(n: u8) -> SpanLinkRecord {

@@ -523,7 +523,7 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = parse_imf_fixdate(value)?;
-    let now = i64::try_from(now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_nanos()).ok()?;
+    let now = kubetrail_model::unix_nanos(now);
     Some(Duration::from_nanos(
         u64::try_from(at.saturating_sub(now)).unwrap_or(0),
     ))

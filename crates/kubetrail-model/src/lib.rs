@@ -9,12 +9,16 @@
 //! * [`ids`]: trace and span ids derived deterministically from what they describe, so that
 //!   replays and parallel consumers agree without sharing state.
 //! * [`Actor`]: the component that performed a request (kubelet, scheduler, kubectl, …).
+//! * Helpers every stage needs once: the wall clock in Unix nanoseconds ([`now_unix_nanos`]),
+//!   the body kinds that are not the object ([`kinds`]), whether a request was a dry run
+//!   ([`AuditEvent::is_dry_run`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 mod actor;
 mod audit;
 pub mod ids;
+pub mod kinds;
 mod object;
 mod span;
 mod time;
@@ -25,4 +29,4 @@ pub use object::{ObjectHead, ObjectMetaHead, ObjectRef, OwnerRef, known_group, r
 pub use span::{
     AttrKey, AttrValue, SpanEventRecord, SpanKind, SpanLinkRecord, SpanRecord, SpanStatus,
 };
-pub use time::{UnixNanos, format_rfc3339, parse_rfc3339_nanos};
+pub use time::{UnixNanos, format_rfc3339, now_unix_nanos, parse_rfc3339_nanos, unix_nanos};

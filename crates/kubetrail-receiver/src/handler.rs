@@ -180,7 +180,7 @@ async fn redirect(
                     .into_response();
             }
         },
-        None => wall_clock_nanos(),
+        None => kubetrail_model::now_unix_nanos(),
     };
     let cluster = q.cluster.unwrap_or_else(|| s.default_cluster.clone());
     let window = i64::try_from(jaeger.window.as_nanos()).unwrap_or(i64::MAX);
@@ -195,13 +195,6 @@ async fn redirect(
         [(axum::http::header::LOCATION, location)],
     )
         .into_response()
-}
-
-fn wall_clock_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Liveness: the process is alive and serving.
@@ -648,7 +641,7 @@ async fn publish(
     let n = events.len();
     let batch = AuditBatch {
         cluster: cluster.to_owned(),
-        received_at: now_unix_nanos(),
+        received_at: kubetrail_model::now_unix_nanos(),
         source,
         events,
     };
@@ -968,13 +961,6 @@ async fn drain_rest(mut body: Body, version: Version, deadline: Instant) -> bool
             Ok(Some(Err(_))) | Err(_) => return false,
         }
     }
-}
-
-fn now_unix_nanos() -> kubetrail_model::UnixNanos {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A `Retry-After` value: whole seconds, rounded up, at least 1.

@@ -22,7 +22,9 @@
 #![warn(missing_docs)]
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use kubetrail_model::now_unix_nanos as wall_now;
 
 use kubetrail_export::{ExporterClosed, ExporterHandle};
 use kubetrail_model::ids::SpanId;
@@ -105,13 +107,6 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
-}
-
-fn wall_now() -> UnixNanos {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl<C: AuditConsumer> Worker<C> {

@@ -428,7 +428,7 @@ fn follow_log(
                 } else {
                     let batch = AuditBatch {
                         cluster: cluster.to_owned(),
-                        received_at: wall_now(),
+                        received_at: kubetrail_model::now_unix_nanos(),
                         source: Some(path.clone()),
                         events,
                     };
@@ -466,13 +466,6 @@ fn follow_log(
             }
         }
     }
-}
-
-fn wall_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Hands a batch downstream, waiting (and retrying a durable queue that is full or down)

@@ -40,13 +40,6 @@ pub(crate) fn search_url(
 /// Windows `kubetrail url --since` lists at most.
 const MAX_WINDOWS: i64 = 10_000;
 
-fn now_nanos() -> UnixNanos {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn parse_time(flag: &str, t: &str) -> anyhow::Result<UnixNanos> {
     parse_rfc3339_nanos(t).with_context(|| format!("{flag} {t:?}: expected an RFC 3339 time"))
 }
@@ -81,7 +74,7 @@ pub async fn run(args: UrlArgs) -> anyhow::Result<ExitCode> {
         let since = parse_time("--since", since)?;
         let until = match args.until.as_deref() {
             Some(t) => parse_time("--until", t)?,
-            None => now_nanos(),
+            None => kubetrail_model::now_unix_nanos(),
         };
         for start in windows(since, until, window)? {
             let trace = trace_id(&cluster, &object, start);
@@ -107,7 +100,7 @@ pub async fn run(args: UrlArgs) -> anyhow::Result<ExitCode> {
     }
     let at = match args.time.as_deref() {
         Some(t) => parse_time("--time", t)?,
-        None => now_nanos(),
+        None => kubetrail_model::now_unix_nanos(),
     };
     let start = window_start(at, window);
     let trace = trace_id(&cluster, &object, start);

@@ -1,11 +1,10 @@
 //! Helpers shared by the binary's end-to-end tests: running `kubetrail` as a user would.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kubetrail_testkit::ReceivedSpan;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -66,19 +65,7 @@ pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
         .unwrap()
 }
 
-/// The (trace id, span id, parent span id) of every span: what "the same traces" means.
-pub fn id_set(spans: &[ReceivedSpan]) -> BTreeSet<(String, String, Option<String>)> {
-    spans
-        .iter()
-        .map(|s| {
-            (
-                s.trace_id.clone(),
-                s.span_id.clone(),
-                s.parent_span_id.clone(),
-            )
-        })
-        .collect()
-}
+pub use kubetrail_testkit::id_set;
 
 /// The (trace id, span id, parent span id) of every span Jaeger holds, found as Jaeger UI
 /// finds traces (a search per service) and opened one by one. Exact duplicates of a span
@@ -183,13 +170,7 @@ pub async fn replay_id_set(
 /// family before the test says so (SIGTERM), however slowly the machine runs.
 pub fn live_start() -> i64 {
     const WINDOW: i64 = 30 * 60 * 1_000_000_000;
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    )
-    .unwrap();
+    let now = kubetrail_model::now_unix_nanos();
     let window_start = now - now.rem_euclid(WINDOW);
     if now - window_start >= 200_000_000_000 {
         now - 200_000_000_000
@@ -204,13 +185,7 @@ pub fn live_start() -> i64 {
 /// time, well within the watermark's far-ahead bound.
 pub fn wall_time_start() -> i64 {
     const WINDOW: i64 = 30 * 60 * 1_000_000_000;
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    )
-    .unwrap();
+    let now = kubetrail_model::now_unix_nanos();
     let next_window = now - now.rem_euclid(WINDOW) + WINDOW;
     if now + 60_000_000_000 < next_window {
         now
