@@ -25,7 +25,10 @@ mod time;
 
 pub use actor::Actor;
 pub use audit::{AuditEvent, EventList, Level, ObjectReference, Stage, UserInfo};
-pub use object::{ObjectHead, ObjectMetaHead, ObjectRef, OwnerRef, known_group, resource_for_kind};
+pub use object::{
+    ObjectHead, ObjectMetaHead, ObjectRef, OwnerRef, ParseObjectRefError, known_group,
+    resource_for_kind,
+};
 pub use span::{
     AttrKey, AttrValue, SpanEventRecord, SpanKind, SpanLinkRecord, SpanRecord, SpanStatus,
 };

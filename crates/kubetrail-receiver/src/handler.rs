@@ -244,7 +244,7 @@ fn not_ready(s: &AppState) -> Option<String> {
                 .unwrap_or_else(|| "the queue is not ready".to_owned()),
         );
     }
-    s.readiness.check().err()
+    s.readiness.check().err().map(|e| e.reason)
 }
 
 /// What a push endpoint receives.
@@ -706,7 +706,7 @@ fn decode(
     let expected = match format {
         Format::EventList => {
             return decode_event_list(json)
-                .map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason));
+                .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, e.to_string()));
         }
         Format::Firehose => CloudFormat::FirehoseDelivery,
         Format::PubSub => CloudFormat::PubSubPush,

@@ -66,7 +66,7 @@ pub(crate) fn windows(
 
 pub async fn run(args: UrlArgs) -> anyhow::Result<ExitCode> {
     let (cfg, cluster) = effective_config(&args.pipeline)?;
-    let object: ObjectRef = args.object.parse().map_err(anyhow::Error::msg)?;
+    let object: ObjectRef = args.object.parse()?;
     let window = i64::try_from(cfg.aggregate.window.as_nanos()).unwrap_or(i64::MAX);
     if let Some(since) = args.since.as_deref() {
         // The object's history: one trace per window, computed from the ids. A family cut into
