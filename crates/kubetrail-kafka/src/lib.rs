@@ -140,6 +140,8 @@ mod config;
 mod consumer;
 mod lookback;
 mod message;
+mod metric_names;
+pub use metric_names::describe_metrics;
 mod partitioned;
 mod producer;
 mod route;

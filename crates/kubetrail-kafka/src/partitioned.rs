@@ -290,8 +290,9 @@ impl PartitionedWorker {
                     let pipeline = Pipeline::new(self.pipeline.clone());
                     let mut consumer = lease.consumer;
                     consumer.upstream = self.upstream.clone();
-                    let worker = Worker::new(consumer, pipeline, self.exporter.clone(), self.worker.clone());
                     let (partition, done) = (lease.partition, lease.done);
+                    let worker = Worker::new(consumer, pipeline, self.exporter.clone(), self.worker.clone())
+                        .gauge_partition(partition);
                     tasks.spawn(async move {
                         let result = worker.run(std::future::pending()).await;
                         done.finish().await;

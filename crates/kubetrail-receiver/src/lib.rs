@@ -71,7 +71,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use handler::{AuditResponse, RejectedItem};
-pub use metrics::install_prometheus;
+pub use metrics::{describe_metrics, install_prometheus};
 pub use server::Receiver;
 
 /// Re-exported so callers name exactly the handle type [`Receiver::bind`] takes.

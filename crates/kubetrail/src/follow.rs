@@ -594,9 +594,7 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.follow = section.clone();
     expect_sources(&mut cfg);
-    let metrics =
-        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
-    kubetrail_export::describe_metrics();
+    let metrics = crate::telemetry::install_metrics()?;
     if let Some(addr) = args.metrics_listen {
         serve_metrics(addr, move || metrics.render())?;
     }

@@ -12,6 +12,7 @@ mod forward;
 mod replay;
 mod scaleout;
 mod serve;
+mod telemetry;
 mod timeline;
 mod url;
 

@@ -144,9 +144,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()?;
     let (mut cfg, cluster) = effective_config(&args.pipeline)?;
     crate::follow::expect_sources(&mut cfg);
-    let metrics =
-        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
-    kubetrail_export::describe_metrics();
+    let metrics = crate::telemetry::install_metrics()?;
 
     let p = &args.pipeline;
     let sinks = export_sinks(

@@ -169,6 +169,29 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
     assert!(gone.is_ok(), "the stalled connections were not closed");
     let after = rss_bytes(pid);
 
+    // Every series the running server exposes is described (`# HELP` with its unit).
+    let text = http
+        .get(&metrics_url)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let typed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(typed.len() > 10, "{text}");
+    for name in typed {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "{name} has no # HELP:\n{text}"
+        );
+    }
+
     let status = terminate(&mut child).await;
     let log = stderr.await.unwrap();
     assert!(status.success(), "{log}");
