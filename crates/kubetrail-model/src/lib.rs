@@ -11,7 +11,8 @@
 //! * [`Actor`]: the component that performed a request (kubelet, scheduler, kubectl, …).
 //! * Helpers every stage needs once: the wall clock in Unix nanoseconds ([`now_unix_nanos`]),
 //!   the body kinds that are not the object ([`kinds`]), whether a request was a dry run
-//!   ([`AuditEvent::is_dry_run`]).
+//!   ([`AuditEvent::is_dry_run`]), and a bound on log lines about per-item problems
+//!   ([`ratelimit`]).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -20,6 +21,7 @@ mod audit;
 pub mod ids;
 pub mod kinds;
 mod object;
+pub mod ratelimit;
 mod span;
 mod time;
 

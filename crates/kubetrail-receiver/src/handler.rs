@@ -15,12 +15,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use kubetrail_model::AuditEvent;
+use kubetrail_model::ratelimit::LogLimiter;
 use kubetrail_queue::{AuditBatch, AuditProducer, PublishError};
 use kubetrail_source::cloud::{CloudFormat, CloudItem, decode_cloud_document};
 use kubetrail_source::{ItemError, decode_event_list};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::Readiness;
 use crate::auth::{Auth, ConnInfo, Denied, valid_cluster};
@@ -83,7 +85,16 @@ pub(crate) struct AppState {
     pub draining: AtomicBool,
     /// Target of `GET /redirect`.
     pub jaeger: Option<crate::JaegerLink>,
+    /// Bounds the log lines about malformed items over all requests (every item is counted
+    /// in `kubetrail_events_rejected_total` either way).
+    pub item_log: std::sync::Mutex<LogLimiter>,
 }
+
+/// Lines about malformed items written at most per [`ITEM_LOG_INTERVAL`], over all requests;
+/// the rest are summed up in one line per batch.
+pub(crate) const ITEM_LOG_MAX: u32 = 20;
+/// See [`ITEM_LOG_MAX`].
+pub(crate) const ITEM_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 type Shared = Arc<AppState>;
 
@@ -383,7 +394,20 @@ async fn firehose(s: Shared, cluster: String, req: Request) -> Response {
 /// `Retry-After` on failure or timeout).
 async fn audit(s: Shared, cluster: String, req: Request, format: Format) -> Response {
     let (parts, body) = req.into_parts();
-    let rejection = match receive(&s, &cluster, &parts, body, format).await {
+    let remote = parts.extensions.get::<ConnInfo>().map(|c| c.remote);
+    // One span per webhook request: what it logs carries the cluster, the client and (once
+    // decoded) the number of items. At warn level, so that it is enabled under the default
+    // filter (`warn`): a span only gives context, it writes no line of its own.
+    let span = tracing::warn_span!(
+        "audit_request",
+        cluster = %cluster,
+        remote = ?remote,
+        items = tracing::field::Empty
+    );
+    let rejection = match receive(&s, &cluster, &parts, body, format)
+        .instrument(span.clone())
+        .await
+    {
         Ok(answer) => return Json(&answer).into_response(),
         Err(r) => r,
     };
@@ -395,7 +419,7 @@ async fn audit(s: Shared, cluster: String, req: Request, format: Format) -> Resp
         metrics::counter!(EVENTS_REJECTED, "cluster" => cluster.clone(), "reason" => reason)
             .increment(rejection.events as u64);
     }
-    let remote = parts.extensions.get::<ConnInfo>().map(|c| c.remote);
+    let _entered = span.enter();
     if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
         // Backpressure: expected under load, counted, and retried by the API server.
         tracing::debug!(
@@ -416,6 +440,49 @@ async fn audit(s: Shared, cluster: String, req: Request, format: Format) -> Resp
         );
     }
     rejection.into_response(parts.version)
+}
+
+/// Logs the malformed items of a batch: each one while [`AppState::item_log`] lets lines
+/// through, then one line for the rest of the batch (so a 10,000-item EventList of bad items
+/// writes at most `ITEM_LOG_MAX + 1` lines, not 10,000).
+fn log_malformed_items(
+    s: &AppState,
+    cluster: &str,
+    remote: Option<std::net::SocketAddr>,
+    errors: &[ItemError],
+) {
+    if errors.is_empty() {
+        return;
+    }
+    let mut not_logged = 0u64;
+    let mut limiter = s
+        .item_log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for e in errors {
+        // What an earlier batch held back was summed up in that batch's own line.
+        if limiter.check(std::time::Instant::now()).log {
+            tracing::warn!(
+                cluster,
+                remote = ?remote,
+                index = e.index,
+                reason = %e.reason,
+                "rejected a malformed audit event; the rest of the batch is accepted"
+            );
+        } else {
+            not_logged += 1;
+        }
+    }
+    drop(limiter);
+    if not_logged > 0 {
+        tracing::warn!(
+            cluster,
+            remote = ?remote,
+            rejected = errors.len(),
+            not_logged,
+            "rejected more malformed audit events in this batch than are logged one by one (log rate limit); all are counted in kubetrail_events_rejected_total"
+        );
+    }
 }
 
 async fn receive(
@@ -465,6 +532,7 @@ async fn receive(
     let _charge = charge;
 
     let items = events.len() + errors.len();
+    tracing::Span::current().record("items", items);
     metrics::counter!(EVENTS_RECEIVED, "cluster" => cluster.to_owned()).increment(items as u64);
     if items > s.max_batch_items {
         return Err(Rejection::new(
@@ -477,15 +545,7 @@ async fn receive(
         .events(items, "too_many_items"));
     }
     let remote = conn.map(|c| c.remote);
-    for e in &errors {
-        tracing::warn!(
-            cluster,
-            remote = ?remote,
-            index = e.index,
-            reason = %e.reason,
-            "rejected a malformed audit event; the rest of the batch is accepted"
-        );
-    }
+    log_malformed_items(s, cluster, remote, &errors);
     if !errors.is_empty() {
         metrics::counter!(
             EVENTS_REJECTED,

@@ -135,6 +135,10 @@ impl Receiver {
             metrics,
             draining: AtomicBool::new(false),
             jaeger: config.jaeger,
+            item_log: std::sync::Mutex::new(kubetrail_model::ratelimit::LogLimiter::new(
+                crate::handler::ITEM_LOG_MAX,
+                crate::handler::ITEM_LOG_INTERVAL,
+            )),
         });
         Ok(Receiver {
             listener,
