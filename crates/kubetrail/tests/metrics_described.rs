@@ -8,6 +8,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+mod common;
+
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
@@ -15,16 +17,6 @@ fn repo_root() -> PathBuf {
 /// `(crate directory name, file, text)` of every `.rs` file under `crates/*/src`, except the
 /// test support and the generator crates (they record no metrics of kubetrail's).
 fn sources() -> Vec<(String, PathBuf, String)> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
-    }
     let mut out = Vec::new();
     for krate in std::fs::read_dir(repo_root().join("crates")).unwrap() {
         let dir = krate.unwrap().path();
@@ -32,11 +24,10 @@ fn sources() -> Vec<(String, PathBuf, String)> {
         if name == "kubetrail-testkit" || name == "kubetrail-gen" {
             continue;
         }
-        let mut files = Vec::new();
-        if dir.join("src").is_dir() {
-            walk(&dir.join("src"), &mut files);
+        if !dir.join("src").is_dir() {
+            continue;
         }
-        for f in files {
+        for f in common::rust_files(&dir.join("src")) {
             let text = std::fs::read_to_string(&f).unwrap();
             out.push((name.clone(), f, text));
         }

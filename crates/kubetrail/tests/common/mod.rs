@@ -199,3 +199,21 @@ pub fn rfc3339(nanos: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap());
     humantime::format_rfc3339_seconds(t).to_string()
 }
+
+/// The `.rs` files below `dir`, recursively (for the tests that scan the sources).
+pub fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
