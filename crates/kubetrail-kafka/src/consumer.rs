@@ -334,7 +334,7 @@ impl ClientContext for ConsumerCtx {
         if !matches!(error, RdError::PartitionEOF(_))
             && error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
         {
-            tracing::warn!(error = %error, "kafka consumer: {reason}");
+            tracing::warn!(error = %error, reason, "kafka consumer error");
         }
     }
 
