@@ -195,12 +195,8 @@ async fn redirect(
     };
     let cluster = q.cluster.unwrap_or_else(|| s.default_cluster.clone());
     let window = i64::try_from(jaeger.window.as_nanos()).unwrap_or(i64::MAX);
-    let trace = kubetrail_model::ids::trace_id(
-        &cluster,
-        &object,
-        kubetrail_model::ids::window_start(at, window),
-    );
-    let location = kubetrail_model::ids::jaeger_trace_url(&jaeger.url, trace);
+    let location =
+        kubetrail_model::ids::object_trace_url(&jaeger.url, &cluster, &object, at, window);
     (
         StatusCode::FOUND,
         [(axum::http::header::LOCATION, location)],

@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kubetrail_model::ids::{jaeger_trace_url, trace_id, window_start};
+use kubetrail_model::ids::{object_trace_url, window_start};
 use kubetrail_model::{ObjectRef, UnixNanos, format_rfc3339, parse_rfc3339_nanos};
 
 use crate::cli::UrlArgs;
@@ -77,11 +77,10 @@ pub async fn run(args: UrlArgs) -> anyhow::Result<ExitCode> {
             None => kubetrail_model::now_unix_nanos(),
         };
         for start in windows(since, until, window)? {
-            let trace = trace_id(&cluster, &object, start);
             println!(
                 "{}  {}",
                 format_rfc3339(start),
-                jaeger_trace_url(&args.jaeger_url, trace)
+                object_trace_url(&args.jaeger_url, &cluster, &object, start, window)
             );
         }
         if args.search {
@@ -103,8 +102,10 @@ pub async fn run(args: UrlArgs) -> anyhow::Result<ExitCode> {
         None => kubetrail_model::now_unix_nanos(),
     };
     let start = window_start(at, window);
-    let trace = trace_id(&cluster, &object, start);
-    println!("{}", jaeger_trace_url(&args.jaeger_url, trace));
+    println!(
+        "{}",
+        object_trace_url(&args.jaeger_url, &cluster, &object, at, window)
+    );
     if args.search {
         println!(
             "{}",
