@@ -31,7 +31,18 @@ pub struct LogLimiter {
     suppressed: u64,
 }
 
+/// Lines about bad items kubetrail writes at most per [`ITEM_LOG_INTERVAL`] (webhook items,
+/// followed log lines, Kafka messages: each place its own limiter).
+pub const ITEM_LOG_MAX: u32 = 20;
+/// See [`ITEM_LOG_MAX`].
+pub const ITEM_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 impl LogLimiter {
+    /// The limiter of per-item problems: [`ITEM_LOG_MAX`] lines per [`ITEM_LOG_INTERVAL`].
+    pub fn for_items() -> Self {
+        LogLimiter::new(ITEM_LOG_MAX, ITEM_LOG_INTERVAL)
+    }
+
     /// At most `max` lines per `interval`.
     pub fn new(max: u32, interval: Duration) -> Self {
         LogLimiter {

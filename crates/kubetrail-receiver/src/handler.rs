@@ -90,12 +90,6 @@ pub(crate) struct AppState {
     pub item_log: std::sync::Mutex<LogLimiter>,
 }
 
-/// Lines about malformed items written at most per [`ITEM_LOG_INTERVAL`], over all requests;
-/// the rest are summed up in one line per batch.
-pub(crate) const ITEM_LOG_MAX: u32 = 20;
-/// See [`ITEM_LOG_MAX`].
-pub(crate) const ITEM_LOG_INTERVAL: Duration = Duration::from_secs(10);
-
 type Shared = Arc<AppState>;
 
 /// The router; every request must carry a [`ConnInfo`] extension (the server adds it).
@@ -440,7 +434,7 @@ async fn audit(s: Shared, cluster: String, req: Request, format: Format) -> Resp
 
 /// Logs the malformed items of a batch: each one while [`AppState::item_log`] lets lines
 /// through, then one line for the rest of the batch (so a 10,000-item EventList of bad items
-/// writes at most `ITEM_LOG_MAX + 1` lines, not 10,000).
+/// writes at most `ITEM_LOG_MAX + 1` lines (see `kubetrail_model::ratelimit`), not 10,000).
 fn log_malformed_items(
     s: &AppState,
     cluster: &str,

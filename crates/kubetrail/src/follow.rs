@@ -379,6 +379,7 @@ fn follow_log(
     let path = shared.path.clone();
     let labels = [("path", path.clone())];
     let mut published = kubetrail_source::follow::TailStats::default();
+    let mut malformed_log = kubetrail_model::ratelimit::LogLimiter::for_items();
     loop {
         if *stop.borrow() {
             return;
@@ -402,6 +403,7 @@ fn follow_log(
         match polled {
             Ok(Some(chunk)) => {
                 let mut events = Vec::with_capacity(chunk.records.len());
+                let (mut malformed, mut not_logged) = (0u64, 0u64);
                 for r in chunk.records {
                     match r {
                         Ok(e) => events.push(e),
@@ -411,11 +413,24 @@ fn follow_log(
                                 .increment(1);
                         }
                         Err(m) => {
-                            tracing::warn!(%m, "malformed audit line skipped");
+                            malformed += 1;
+                            if malformed_log.check(std::time::Instant::now()).log {
+                                tracing::warn!(%m, "malformed audit line skipped");
+                            } else {
+                                not_logged += 1;
+                            }
                             metrics::counter!("kubetrail_follow_malformed_total", &labels)
                                 .increment(1);
                         }
                     }
+                }
+                if not_logged > 0 {
+                    tracing::warn!(
+                        path = %path,
+                        malformed,
+                        not_logged,
+                        "skipped more malformed audit lines than are logged one by one (log rate limit); all are counted in kubetrail_follow_malformed_total"
+                    );
                 }
                 let max_time = events
                     .iter()

@@ -139,3 +139,80 @@ fn strip_ansi(text: &str) -> String {
     }
     out
 }
+
+/// `kubetrail follow` of a file with 5,000 broken lines: every line counted, a bounded number
+/// of log lines.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_followed_file_of_broken_lines_writes_a_bounded_number_of_log_lines() {
+    const BROKEN: usize = 5_000;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let mut text = String::new();
+    for i in 0..BROKEN {
+        text.push_str(&format!("{{\"level\": \"Metadata\", \"broken\": {i}}}\n"));
+    }
+    std::fs::write(&log, text).unwrap();
+    let config = dir.path().join("kubetrail.yaml");
+    std::fs::write(&config, "follow:\n  poll_interval: 20ms\n").unwrap();
+    let out = dir.path().join("spans.json");
+    let state = dir.path().join("state.json");
+    let (mut child, rest, stderr) = spawn_until(
+        &[
+            "follow",
+            "--config",
+            config.to_str().unwrap(),
+            "--linger",
+            "1h",
+            "--otlp-json",
+            out.to_str().unwrap(),
+            "--state-file",
+            state.to_str().unwrap(),
+            "--metrics-listen",
+            "127.0.0.1:0",
+            log.to_str().unwrap(),
+        ],
+        "kubetrail follow: metrics on http://",
+    )
+    .await;
+    let metrics_url = format!("http://{}", first_word(&rest));
+    let http = reqwest::Client::new();
+    // Synchronise on the counter: every broken line was read and counted.
+    let counted = tokio::time::timeout(Duration::from_secs(120), async {
+        loop {
+            let text = http
+                .get(&metrics_url)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            let n = text
+                .lines()
+                .find(|l| l.starts_with("kubetrail_follow_malformed_total{"))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok());
+            if n == Some(BROKEN as f64) {
+                return;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(counted.is_ok(), "the broken lines were not all counted");
+    let status = terminate(&mut child).await;
+    let log = strip_ansi(&stderr.await.unwrap());
+    assert!(status.success(), "{log}");
+    let per_line = log
+        .lines()
+        .filter(|l| l.contains("malformed audit line skipped"))
+        .count();
+    let summaries = log.lines().filter(|l| l.contains("log rate limit")).count();
+    assert!(
+        (1..=LOGGED_AT_MOST).contains(&per_line),
+        "{per_line} lines for {BROKEN} broken lines"
+    );
+    assert!(summaries >= 1, "{log}");
+    let total = log.lines().count();
+    assert!(total < 200, "{total} log lines:\n{log}");
+}
