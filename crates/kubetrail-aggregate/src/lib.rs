@@ -449,8 +449,8 @@ impl Aggregator {
             window_start,
             root,
         };
-        let id = self.open_family(key, end);
-        if let Some(obj) = self.place_chain(id, &place) {
+        let id = self.open_family(&key, end);
+        if let Some(obj) = self.place_chain(id, &key, &place) {
             // A new incarnation: close the old one's span now and start the next segment.
             self.stats.recreations += 1;
             self.emit_object_now(id, &obj, out);
@@ -475,8 +475,8 @@ impl Aggregator {
     }
 
     /// The id of the open family `key`, opening it (last active at `end`) when there is none.
-    fn open_family(&mut self, key: FamilyKey, end: UnixNanos) -> u64 {
-        if let Some(id) = self.index.get(&key) {
+    fn open_family(&mut self, key: &FamilyKey, end: UnixNanos) -> u64 {
+        if let Some(id) = self.index.get(key) {
             return *id;
         }
         let id = self.next_id;
@@ -497,7 +497,7 @@ impl Aggregator {
             last_activity: end,
             cut: parts::Cut::new(self.max_spans, main_used, next_part),
         };
-        self.index.insert(key, id);
+        self.index.insert(key.clone(), id);
         self.families.insert(id, fam);
         self.activity.insert((end, id));
         id
@@ -507,8 +507,7 @@ impl Aggregator {
     /// parents up to date, root first (so that an owner is placed, in a trace of the family,
     /// before what it owns). Returns the object when this request starts a new incarnation of
     /// it (another uid, or a create after a delete).
-    fn place_chain(&mut self, id: u64, place: &Placement) -> Option<ObjectRef> {
-        let key = self.families.get(&id)?.key.clone();
+    fn place_chain(&mut self, id: u64, key: &FamilyKey, place: &Placement) -> Option<ObjectRef> {
         let mut chain: Vec<(ObjectRef, Option<ObjectRef>)> =
             Vec::with_capacity(place.ancestors.len() + 1);
         chain.push((place.object.clone(), place.ancestors.first().cloned()));
@@ -522,7 +521,7 @@ impl Aggregator {
                 .get(&id)
                 .is_some_and(|f| f.objects.contains_key(&obj));
             if !exists {
-                let st = self.new_state(&key, obj.clone(), parent, &place.cluster);
+                let st = self.new_state(key, obj.clone(), parent, &place.cluster);
                 if let Some(f) = self.families.get_mut(&id) {
                     f.objects.insert(obj.clone(), st);
                     self.open_objects += 1;
