@@ -1,9 +1,25 @@
-//! kubetrail's own metrics: the one place the Prometheus recorder is installed and every
-//! crate's metric descriptions (`# HELP` and units) are registered, so that no command serves
-//! a metric without its description.
+//! kubetrail's own telemetry, one small module every command uses: the log subscriber (filter
+//! and format), and the one place the Prometheus recorder is installed and every crate's
+//! metric descriptions (`# HELP` and units) are registered, so that no command serves a
+//! metric without its description.
 
 use anyhow::Context as _;
 use kubetrail_receiver::PrometheusHandle;
+
+/// Installs the `tracing` subscriber: `--log-level` (EnvFilter syntax) and `--log-format`,
+/// to stderr.
+pub(crate) fn init_logging(g: &crate::cli::GlobalArgs) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_new(&g.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if g.log_format == crate::cli::LogFormat::Json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
 
 /// Installs the process-wide Prometheus recorder (idempotent) and registers the descriptions
 /// of every metric kubetrail records.
