@@ -72,6 +72,19 @@ fn place(o: &ObjectRef, ancestors: &[&ObjectRef]) -> Placement {
     }
 }
 
+/// Adds a request on `o` (a family root, no owners) at `start`.
+fn add(
+    agg: &mut Aggregator,
+    audit_id: &str,
+    verb: &str,
+    o: &ObjectRef,
+    start: i64,
+    code: i32,
+    out: &mut Vec<SpanRecord>,
+) {
+    agg.add_request(&event(audit_id, verb, o, start, code), place(o, &[]), out);
+}
+
 fn config() -> AggregatorConfig {
     AggregatorConfig {
         window: Duration::from_secs(30 * 60),
@@ -122,11 +135,7 @@ fn request_spans_leave_at_once_object_spans_once_the_family_lingered() {
     let pod = obj("pods", "web-1");
     let mut agg = Aggregator::new(config());
     let mut out = Vec::new();
-    agg.add_request(
-        &event("a1", "create", &pod, T0 + 10 * SEC, 201),
-        place(&pod, &[]),
-        &mut out,
-    );
+    add(&mut agg, "a1", "create", &pod, T0 + 10 * SEC, 201, &mut out);
     assert_eq!(requests(&out).len(), 1);
     assert!(
         objects(&out).is_empty(),
@@ -190,11 +199,7 @@ fn rollout(agg: &mut Aggregator) -> Vec<SpanRecord> {
             t += SEC;
         }
     }
-    agg.add_request(
-        &event("d1", "patch", &deploy, t, 500),
-        place(&deploy, &[]),
-        &mut out,
-    );
+    add(agg, "d1", "patch", &deploy, t, 500, &mut out);
     agg.finish(&mut out);
     out
 }
@@ -261,19 +266,11 @@ fn activity_after_emission_starts_a_later_segment_in_the_same_trace() {
     let pod = obj("pods", "web-1");
     let mut agg = Aggregator::new(config());
     let mut out = Vec::new();
-    agg.add_request(
-        &event("a1", "create", &pod, T0 + 10 * SEC, 201),
-        place(&pod, &[]),
-        &mut out,
-    );
+    add(&mut agg, "a1", "create", &pod, T0 + 10 * SEC, 201, &mut out);
     agg.advance(T0 + 100 * SEC, &mut out);
     let first = named(&out, &pod)[0].clone();
     out.clear();
-    agg.add_request(
-        &event("a2", "patch", &pod, T0 + 200 * SEC, 200),
-        place(&pod, &[]),
-        &mut out,
-    );
+    add(&mut agg, "a2", "patch", &pod, T0 + 200 * SEC, 200, &mut out);
     let window = agg.window_start(T0);
     let seg1 = ids::object_span_id(CLUSTER, &pod, window, 1);
     assert_eq!(requests(&out)[0].parent_span_id, Some(seg1));
@@ -338,16 +335,24 @@ fn an_object_recreated_under_the_same_name_closes_its_old_span_at_once() {
     // A different uid is a new incarnation too.
     let mut with_uid = pod.clone();
     with_uid.uid = Some("uid-2".into());
-    agg.add_request(
-        &event("a4", "patch", &with_uid, T0 + 16 * SEC, 200),
-        place(&with_uid, &[]),
+    add(
+        &mut agg,
+        "a4",
+        "patch",
+        &with_uid,
+        T0 + 16 * SEC,
+        200,
         &mut out,
     );
     let mut other_uid = pod.clone();
     other_uid.uid = Some("uid-3".into());
-    agg.add_request(
-        &event("a5", "patch", &other_uid, T0 + 18 * SEC, 200),
-        place(&other_uid, &[]),
+    add(
+        &mut agg,
+        "a5",
+        "patch",
+        &other_uid,
+        T0 + 18 * SEC,
+        200,
         &mut out,
     );
     assert_eq!(agg.stats().recreations, 2);
@@ -547,15 +552,15 @@ fn windows_lead_to_each_other() {
     let pod = obj("pods", "web-1");
     let mut agg = Aggregator::new(config());
     let mut out = Vec::new();
-    agg.add_request(
-        &event("a1", "patch", &pod, T0 + 10 * SEC, 200),
-        place(&pod, &[]),
-        &mut out,
-    );
+    add(&mut agg, "a1", "patch", &pod, T0 + 10 * SEC, 200, &mut out);
     // The next window (30 min later).
-    agg.add_request(
-        &event("a2", "patch", &pod, T0 + 1810 * SEC, 200),
-        place(&pod, &[]),
+    add(
+        &mut agg,
+        "a2",
+        "patch",
+        &pod,
+        T0 + 1810 * SEC,
+        200,
         &mut out,
     );
     agg.finish(&mut out);

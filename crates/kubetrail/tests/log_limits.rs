@@ -65,15 +65,7 @@ async fn ten_thousand_bad_items_write_a_bounded_number_of_log_lines() {
     assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
     let body = answer.text().await.unwrap();
 
-    let metrics = http
-        .get(format!("http://{addr}/metrics"))
-        .timeout(Duration::from_secs(30))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = common::get_text(&http, &format!("http://{addr}/metrics")).await;
     let rejected = metrics
         .lines()
         .find(|l| {
@@ -179,14 +171,7 @@ async fn a_followed_file_of_broken_lines_writes_a_bounded_number_of_log_lines() 
     // Synchronise on the counter: every broken line was read and counted.
     let counted = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
-            let text = http
-                .get(&metrics_url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = common::get_text(&http, &metrics_url).await;
             let n = text
                 .lines()
                 .find(|l| l.starts_with("kubetrail_follow_malformed_total{"))

@@ -148,14 +148,7 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tick.tick().await;
-            let text = http
-                .get(&metrics_url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = common::get_text(&http, &metrics_url).await;
             let open = text
                 .lines()
                 .find_map(|l| l.strip_prefix("kubetrail_connections_open "))
@@ -170,14 +163,7 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
     let after = rss_bytes(pid);
 
     // Every series the running server exposes is described (`# HELP` with its unit).
-    let text = http
-        .get(&metrics_url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(&http, &metrics_url).await;
     let typed: Vec<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
