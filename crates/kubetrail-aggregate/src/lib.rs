@@ -33,6 +33,8 @@ pub mod attrs;
 mod history;
 pub mod parts;
 mod summary;
+#[cfg(test)]
+mod tests;
 
 pub use parts::MIN_TRACE_SPANS;
 
@@ -203,6 +205,81 @@ struct ObjectState {
     own_part: Option<u32>,
 }
 
+impl ObjectState {
+    /// Accounts one request (extent, counts, kind, deletion, links) to the object.
+    fn record(
+        &mut self,
+        event: &AuditEvent,
+        place: &Placement,
+        window_start: UnixNanos,
+        (start, end): (UnixNanos, UnixNanos),
+    ) {
+        self.own = Some(match self.own {
+            Some((s, e)) => (s.min(start), e.max(end)),
+            None => (start, end),
+        });
+        self.requests += 1;
+        if event.response_code().is_some_and(|c| c >= 400) {
+            self.errors += 1;
+        }
+        if place
+            .kube_event
+            .as_ref()
+            .is_some_and(|k| k.kind == "Warning")
+        {
+            self.warnings += 1;
+        }
+        if place.kind.is_some() {
+            self.kind = place.kind.clone();
+        }
+        if place.deletes {
+            self.deleted = true;
+        }
+        for link in &place.links {
+            self.add_link(link.clone());
+        }
+        if place.objsetid.is_some() {
+            self.objsetid = place.objsetid.clone();
+        }
+        for sec in &place.secondary {
+            self.add_link(secondary_link(sec, &place.cluster, window_start));
+        }
+    }
+
+    /// Adds a span link unless one to the same span is there already or the object has
+    /// [`MAX_OBJECT_LINKS`].
+    fn add_link(&mut self, link: SpanLinkRecord) {
+        let seen = self
+            .links
+            .iter()
+            .any(|l| l.trace_id == link.trace_id && l.span_id == link.span_id);
+        if !seen && self.links.len() < MAX_OBJECT_LINKS {
+            self.links.push(link);
+        }
+    }
+}
+
+/// The span link of a secondary link (a linker rule): to the target's first span in the
+/// window, in its family's trace.
+fn secondary_link(sec: &SecondaryLink, cluster: &str, window_start: UnixNanos) -> SpanLinkRecord {
+    let target_cluster = sec.target.cluster.as_deref().unwrap_or(cluster);
+    let root_cluster = sec.root.cluster.as_deref().unwrap_or(cluster);
+    SpanLinkRecord {
+        trace_id: ids::trace_id(root_cluster, &sec.root, window_start),
+        span_id: ids::object_span_id(target_cluster, &sec.target, window_start, 0),
+        attributes: vec![
+            (
+                AttrKey::Borrowed(attrs::LINK_RULE),
+                AttrValue::Str(sec.rule.clone()),
+            ),
+            (
+                AttrKey::Borrowed(attrs::LINK_TARGET),
+                AttrValue::Str(sec.target.to_string()),
+            ),
+        ],
+    }
+}
+
 #[derive(Debug)]
 struct Family {
     key: FamilyKey,
@@ -348,6 +425,13 @@ impl Aggregator {
     }
 
     /// Adds one completed request, emitting its span (and any spans it causes to close) to `out`.
+    ///
+    /// The steps: find or open the request's family (`open_family`); make sure the
+    /// object and its owner chain are in it (`place_chain`), closing the old
+    /// incarnation of a recreated object; account the request to its object
+    /// (`ObjectState::record`); decide the trace and parent of its span
+    /// (`place_request`); emit it; emit families early while `max_open_objects` is
+    /// exceeded (`enforce_open_limit`).
     pub fn add_request(&mut self, event: &AuditEvent, place: Placement, out: &mut Vec<SpanRecord>) {
         let (Some(start), Some(end)) = (event.start_time(), event.end_time()) else {
             return;
@@ -365,35 +449,65 @@ impl Aggregator {
             window_start,
             root,
         };
-        let id = match self.index.get(&key) {
-            Some(id) => *id,
-            None => {
-                let id = self.next_id;
-                self.next_id += 1;
-                if self
-                    .segments
-                    .get(&window_start)
-                    .is_some_and(|m| m.contains_key(&(key.cluster.clone(), key.root.clone())))
-                {
-                    self.stats.continuations += 1;
-                }
-                let (main_used, next_part) =
-                    self.budgets.get(window_start, &key.cluster, &key.root);
-                let fam = Family {
-                    trace_id: ids::trace_id(&key.cluster, &key.root, window_start),
-                    key: key.clone(),
-                    objects: BTreeMap::new(),
-                    last_activity: end,
-                    cut: parts::Cut::new(self.max_spans, main_used, next_part),
-                };
-                self.index.insert(key.clone(), id);
-                self.families.insert(id, fam);
-                self.activity.insert((end, id));
-                id
-            }
+        let id = self.open_family(&key, end);
+        if let Some(obj) = self.place_chain(id, &key, &place) {
+            // A new incarnation: close the old one's span now and start the next segment.
+            self.stats.recreations += 1;
+            self.emit_object_now(id, &obj, out);
+        }
+        let Some((trace_id, parent_span, object)) =
+            self.place_request(id, event, &place, (start, end))
+        else {
+            return;
         };
+        self.touch(id, end);
+        out.push(request_span(
+            event,
+            &place,
+            &object,
+            trace_id,
+            parent_span,
+            start,
+            end,
+        ));
+        self.stats.request_spans += 1;
+        self.enforce_open_limit(out);
+    }
 
-        // Make sure the object and its owner chain are in the family, parents up to date.
+    /// The id of the open family `key`, opening it (last active at `end`) when there is none.
+    fn open_family(&mut self, key: &FamilyKey, end: UnixNanos) -> u64 {
+        if let Some(id) = self.index.get(key) {
+            return *id;
+        }
+        let id = self.next_id;
+        self.next_id += 1;
+        let window_start = key.window_start;
+        if self
+            .segments
+            .get(&window_start)
+            .is_some_and(|m| m.contains_key(&(key.cluster.clone(), key.root.clone())))
+        {
+            self.stats.continuations += 1;
+        }
+        let (main_used, next_part) = self.budgets.get(window_start, &key.cluster, &key.root);
+        let fam = Family {
+            trace_id: ids::trace_id(&key.cluster, &key.root, window_start),
+            key: key.clone(),
+            objects: BTreeMap::new(),
+            last_activity: end,
+            cut: parts::Cut::new(self.max_spans, main_used, next_part),
+        };
+        self.index.insert(key.clone(), id);
+        self.families.insert(id, fam);
+        self.activity.insert((end, id));
+        id
+    }
+
+    /// Makes sure the placement's object and its owner chain are in family `id`, with their
+    /// parents up to date, root first (so that an owner is placed, in a trace of the family,
+    /// before what it owns). Returns the object when this request starts a new incarnation of
+    /// it (another uid, or a create after a delete).
+    fn place_chain(&mut self, id: u64, key: &FamilyKey, place: &Placement) -> Option<ObjectRef> {
         let mut chain: Vec<(ObjectRef, Option<ObjectRef>)> =
             Vec::with_capacity(place.ancestors.len() + 1);
         chain.push((place.object.clone(), place.ancestors.first().cloned()));
@@ -401,14 +515,13 @@ impl Aggregator {
             chain.push((a.clone(), place.ancestors.get(i + 1).cloned()));
         }
         let mut recreated = None;
-        // Root first, so that an owner is placed (in a trace of the family) before what it owns.
         for (i, (obj, parent)) in chain.into_iter().enumerate().rev() {
             let exists = self
                 .families
                 .get(&id)
                 .is_some_and(|f| f.objects.contains_key(&obj));
             if !exists {
-                let st = self.new_state(&key, obj.clone(), parent, &place.cluster);
+                let st = self.new_state(key, obj.clone(), parent, &place.cluster);
                 if let Some(f) = self.families.get_mut(&id) {
                     f.objects.insert(obj.clone(), st);
                     self.open_objects += 1;
@@ -416,10 +529,11 @@ impl Aggregator {
                 self.admit(id, &obj);
                 continue;
             }
-            let Some(f) = self.families.get_mut(&id) else {
-                continue;
-            };
-            let Some(st) = f.objects.get_mut(&obj) else {
+            let Some(st) = self
+                .families
+                .get_mut(&id)
+                .and_then(|f| f.objects.get_mut(&obj))
+            else {
                 continue;
             };
             st.parent = parent;
@@ -434,85 +548,25 @@ impl Aggregator {
                 }
             }
         }
-        if let Some(obj) = recreated {
-            // A new incarnation: close the old one's span now and start the next segment.
-            self.stats.recreations += 1;
-            self.emit_object_now(id, &obj, out);
-        }
+        recreated
+    }
 
-        let Some(fam) = self.families.get_mut(&id) else {
-            return;
-        };
+    /// Accounts the request to its object and decides which trace its span goes to and under
+    /// which parent: decided now, never revised (the span is exported now). Returns the trace,
+    /// the parent span and the object as the family knows it (uid filled in).
+    fn place_request(
+        &mut self,
+        id: u64,
+        event: &AuditEvent,
+        place: &Placement,
+        (start, end): (UnixNanos, UnixNanos),
+    ) -> Option<(TraceId, SpanId, ObjectRef)> {
+        let fam = self.families.get_mut(&id)?;
         let Family {
-            objects,
-            cut,
-            key,
-            last_activity,
-            ..
+            objects, cut, key, ..
         } = fam;
-        let Some(st) = objects.get_mut(&place.object) else {
-            return;
-        };
-        st.own = Some(match st.own {
-            Some((s, e)) => (s.min(start), e.max(end)),
-            None => (start, end),
-        });
-        st.requests += 1;
-        let failed = event.response_code().is_some_and(|c| c >= 400);
-        if failed {
-            st.errors += 1;
-        }
-        if place
-            .kube_event
-            .as_ref()
-            .is_some_and(|k| k.kind == "Warning")
-        {
-            st.warnings += 1;
-        }
-        if place.kind.is_some() {
-            st.kind = place.kind.clone();
-        }
-        if place.deletes {
-            st.deleted = true;
-        }
-        for link in &place.links {
-            let seen = st
-                .links
-                .iter()
-                .any(|l| l.trace_id == link.trace_id && l.span_id == link.span_id);
-            if !seen && st.links.len() < MAX_OBJECT_LINKS {
-                st.links.push(link.clone());
-            }
-        }
-        if place.objsetid.is_some() {
-            st.objsetid = place.objsetid.clone();
-        }
-        for sec in &place.secondary {
-            let target_cluster = sec.target.cluster.as_deref().unwrap_or(&place.cluster);
-            let root_cluster = sec.root.cluster.as_deref().unwrap_or(&place.cluster);
-            let link = SpanLinkRecord {
-                trace_id: ids::trace_id(root_cluster, &sec.root, window_start),
-                span_id: ids::object_span_id(target_cluster, &sec.target, window_start, 0),
-                attributes: vec![
-                    (
-                        AttrKey::Borrowed("kubetrail.link.rule"),
-                        AttrValue::Str(sec.rule.clone()),
-                    ),
-                    (
-                        AttrKey::Borrowed("kubetrail.link.target"),
-                        AttrValue::Str(sec.target.to_string()),
-                    ),
-                ],
-            };
-            let seen = st
-                .links
-                .iter()
-                .any(|l| l.trace_id == link.trace_id && l.span_id == link.span_id);
-            if !seen && st.links.len() < MAX_OBJECT_LINKS {
-                st.links.push(link);
-            }
-        }
-        // Which trace the request's span goes to: decided now, never revised (it is exported now).
+        let st = objects.get_mut(&place.object)?;
+        st.record(event, place, key.window_start, (start, end));
         let depth = cut.depth(st.slot, &st.object, st.parent.as_ref(), &key.root);
         let placed = cut.request(
             &st.object,
@@ -526,31 +580,31 @@ impl Aggregator {
             st.own_part = Some(k);
             self.stats.parts += 1;
         }
-        let trace_id = ids::part_trace_id(&key.cluster, &key.root, key.window_start, placed.slot);
+        let trace_id = slot_trace(key, placed.slot);
         let parent_span = if placed.under_stand_in {
             self.stats.requests_under_stand_ins += 1;
-            ids::part_root_span_id(&key.cluster, &key.root, key.window_start, placed.slot)
+            stand_in_id(key, placed.slot)
         } else {
             st.span_id
         };
-        let object = st.object.clone();
-        if end > *last_activity {
-            self.activity.remove(&(*last_activity, id));
-            *last_activity = end;
+        Some((trace_id, parent_span, st.object.clone()))
+    }
+
+    /// Marks family `id` active until `end` (its linger counts from its latest activity).
+    fn touch(&mut self, id: u64, end: UnixNanos) {
+        let Some(fam) = self.families.get_mut(&id) else {
+            return;
+        };
+        if end > fam.last_activity {
+            self.activity.remove(&(fam.last_activity, id));
+            fam.last_activity = end;
             self.activity.insert((end, id));
         }
+    }
 
-        out.push(request_span(
-            event,
-            &place,
-            &object,
-            trace_id,
-            parent_span,
-            start,
-            end,
-        ));
-        self.stats.request_spans += 1;
-
+    /// Emits the least recently active families while more than `max_open_objects` objects
+    /// are open.
+    fn enforce_open_limit(&mut self, out: &mut Vec<SpanRecord>) {
         while self.open_objects > self.config.max_open_objects {
             let Some(&(_, oldest)) = self.activity.first() else {
                 break;

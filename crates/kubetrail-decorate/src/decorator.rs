@@ -2,7 +2,7 @@
 
 use std::sync::{Arc, LazyLock};
 
-use kubetrail_model::{AuditEvent, ObjectRef, Stage};
+use kubetrail_model::{AuditEvent, ObjectRef, Stage, kinds};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
@@ -11,19 +11,6 @@ use crate::redact::Rules;
 use crate::scope::Scope;
 use crate::states::ByteLru;
 use crate::{DecorateConfig, Decoration, Redaction, Salt};
-
-/// Kinds of bodies that are not the object a request was about (`Table` and
-/// `PartialObjectMetadata` are what `kubectl get` and metadata-only clients ask for).
-const NOT_THE_OBJECT: &[&str] = &[
-    "Status",
-    "DeleteOptions",
-    "Binding",
-    "Eviction",
-    "Scale",
-    "TokenRequest",
-    "Table",
-    "PartialObjectMetadata",
-];
 
 /// Bytes an entry costs besides its key and JSON (the entry, its Arc, the LRU's links).
 const ENTRY_OVERHEAD: usize = 96;
@@ -137,7 +124,7 @@ impl Decorator {
     pub fn decorate(&self, cluster: &str, object: &ObjectRef, event: &AuditEvent) -> Decoration {
         let mut d = Decoration::default();
         let verb = event.verb.as_str();
-        if is_dry_run(event) {
+        if event.is_dry_run() {
             return d;
         }
         // Only a completed request says what became of the object. (A request released
@@ -300,7 +287,7 @@ impl Decorator {
         if map
             .get("kind")
             .and_then(Value::as_str)
-            .is_some_and(|k| NOT_THE_OBJECT.contains(&k))
+            .is_some_and(|k| kinds::is_not_the_object(k) || kinds::is_object_view(k))
         {
             return None;
         }
@@ -465,11 +452,4 @@ fn key(cluster: &str, o: &ObjectRef, name: &str, namespace: &str) -> String {
         k.push_str(part);
     }
     k
-}
-
-/// Whether the request was a dry run (`dryRun=All` in the request URI's query).
-fn is_dry_run(e: &AuditEvent) -> bool {
-    e.request_uri
-        .split_once('?')
-        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("dryRun=")))
 }

@@ -119,29 +119,60 @@ pub struct DecorateConfig {
     pub redact: RedactConfig,
 }
 
+/// A malformed setting of the decorate stage ([`DecorateConfig::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    /// A path (of `diff.ignore` or `redact.paths`) that does not parse.
+    #[error("{field}: {path:?}: {problem}")]
+    Path {
+        /// The setting (`diff.ignore`, `redact.paths`).
+        field: &'static str,
+        /// The path as written.
+        path: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The redaction salt is too short.
+    #[error("redact.salt: {problem}")]
+    Salt {
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// A `redact.resources` entry that is not `resource` or `resource.group`.
+    #[error("redact.resources: {resource:?} is not \"resource\" or \"resource.group\"")]
+    Resource {
+        /// The entry as written.
+        resource: String,
+    },
+}
+
 impl DecorateConfig {
     /// Checks every configured path; the error names the first malformed one. Malformed paths
     /// are still used, read as literally as possible, so a config loader should call this to
     /// reject typos (a redaction path that matches nothing hides nothing).
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (what, paths) in [
             ("diff.ignore", &self.diff.ignore),
             ("redact.paths", &self.redact.paths),
         ] {
             for p in paths {
                 if let Some(problem) = path::parse_segs(p).1 {
-                    return Err(format!("{what}: {p:?}: {problem}"));
+                    return Err(ConfigError::Path {
+                        field: what,
+                        path: p.clone(),
+                        problem,
+                    });
                 }
             }
         }
         if let Some(problem) = self.redact.salt.as_ref().and_then(SaltSecret::problem) {
-            return Err(format!("redact.salt: {problem}"));
+            return Err(ConfigError::Salt { problem });
         }
         for r in &self.redact.resources {
             if r.is_empty() || r.contains('/') {
-                return Err(format!(
-                    "redact.resources: {r:?} is not \"resource\" or \"resource.group\""
-                ));
+                return Err(ConfigError::Resource {
+                    resource: r.clone(),
+                });
             }
         }
         Ok(())

@@ -535,7 +535,12 @@ fn validate_rejects_malformed_paths() {
     let mut cfg = DecorateConfig::default();
     assert_eq!(cfg.validate(), Ok(()));
     cfg.redact.paths.push("spec.containers[*.env".into());
-    assert!(cfg.validate().unwrap_err().contains("redact.paths"));
+    assert!(
+        cfg.validate()
+            .unwrap_err()
+            .to_string()
+            .contains("redact.paths")
+    );
     let cfg: DecorateConfig = serde_json::from_value(
         json!({"diff":{"cache_bytes":1024,"ignore":["a.b"]},"redact":{"resources":["configmaps"]}}),
     )

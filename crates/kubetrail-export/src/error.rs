@@ -85,7 +85,7 @@ impl ExportError {
 
 /// Formats an error with its whole `source()` chain ("a: b: c"), skipping repeats; transport
 /// errors often say little at the top ("error sending request") and the cause underneath.
-pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+pub fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
     append_sources(&mut out, err.source());
     out

@@ -442,7 +442,7 @@ impl Task {
         self.deliver_pending().await;
         for slot in &mut self.sinks {
             if let Err(e) = slot.sink.finish().await {
-                tracing::error!(sink = slot.name, "finishing the sink failed: {e}");
+                tracing::error!(sink = slot.name, error = %e, "finishing the sink failed");
                 self.report
                     .finish_errors
                     .push((slot.name.to_owned(), e.to_string()));
@@ -590,7 +590,8 @@ async fn deliver(
             tracing::error!(
                 sink,
                 spans = batch.len(),
-                "dropping a batch the destination rejected: {error}"
+                error = %error,
+                "dropping a batch the destination rejected"
             );
             metrics::counter!(SPANS_DROPPED, "sink" => sink, "reason" => "rejected")
                 .increment(batch.len() as u64);

@@ -48,7 +48,7 @@ mod sink;
 mod tree;
 
 pub use convert::{SCOPE_NAME, to_export_request};
-pub use error::ExportError;
+pub use error::{ExportError, error_chain};
 pub use exporter::{
     Delivery, DeliveryError, ExportHealth, ExportReport, Exporter, ExporterClosed, ExporterConfig,
     ExporterHandle, RetryPolicy,

@@ -340,7 +340,7 @@ async fn export_http(
             match ExportTraceServiceResponse::decode(body.as_ref()) {
                 Ok(r) => check_partial_success(HTTP_SINK, r.partial_success.as_ref()),
                 Err(e) => {
-                    tracing::debug!(sink = HTTP_SINK, %url, "undecodable OTLP response body: {e}")
+                    tracing::debug!(sink = HTTP_SINK, %url, error = %e, "undecodable OTLP response body")
                 }
             }
         }
@@ -445,16 +445,16 @@ fn check_partial_success(sink: &'static str, partial: Option<&ExportTracePartial
         tracing::warn!(
             sink,
             rejected_spans = p.rejected_spans,
-            "the OTLP receiver rejected spans: {}",
-            p.error_message
+            error = %p.error_message,
+            "the OTLP receiver rejected spans"
         );
         metrics::counter!(SPANS_REJECTED, "sink" => sink)
             .increment(p.rejected_spans.unsigned_abs());
     } else if !p.error_message.is_empty() {
         tracing::warn!(
             sink,
-            "the OTLP receiver accepted the spans with a warning: {}",
-            p.error_message
+            warning = %p.error_message,
+            "the OTLP receiver accepted the spans with a warning"
         );
     }
 }
@@ -523,7 +523,7 @@ fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
         return Some(Duration::from_secs(secs));
     }
     let at = parse_imf_fixdate(value)?;
-    let now = i64::try_from(now.duration_since(SystemTime::UNIX_EPOCH).ok()?.as_nanos()).ok()?;
+    let now = kubetrail_model::unix_nanos(now);
     Some(Duration::from_nanos(
         u64::try_from(at.saturating_sub(now)).unwrap_or(0),
     ))
@@ -932,7 +932,9 @@ mod tests {
         server.await.expect("server");
         let text = logs.text();
         assert!(
-            text.contains("WARN") && text.contains("rejected spans: span too old"),
+            text.contains("WARN")
+                && text.contains("the OTLP receiver rejected spans")
+                && text.contains("error=span too old"),
             "{text}"
         );
         assert!(text.contains("rejected_spans=1"), "{text}");

@@ -208,7 +208,7 @@ impl EventFilter {
         if !c.keep_failed && e.response_code().is_some_and(|code| code >= 400) {
             return Verdict::DropFailed;
         }
-        if !c.keep_dry_run && is_dry_run(e) {
+        if !c.keep_dry_run && e.is_dry_run() {
             return Verdict::DropDryRun;
         }
         let resource = r.resource.as_deref().unwrap_or_default();
@@ -239,14 +239,6 @@ impl EventFilter {
         }
         Verdict::Keep
     }
-}
-
-/// Whether the request was a dry run: the API server does not audit `dryRun` as a field, but
-/// it is in the request URI's query.
-fn is_dry_run(e: &AuditEvent) -> bool {
-    e.request_uri
-        .split_once('?')
-        .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("dryRun=")))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@ use rdkafka::types::RDKafkaRespErr;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use kubetrail_model::ratelimit::LogLimiter;
 use kubetrail_queue::{Ack, AuditBatch, AuditConsumer, Received};
 
 use crate::message::RawMessage;
@@ -105,6 +106,8 @@ pub(crate) struct ConsumerShared {
     /// Why the consumer stopped, if it failed.
     fatal: Mutex<Option<String>>,
     closed: AtomicBool,
+    /// Bounds the lines about malformed messages (each is counted either way).
+    malformed_log: Mutex<LogLimiter>,
 }
 
 impl ConsumerShared {
@@ -229,6 +232,7 @@ impl RawBatch {
             }
         });
         let mut events = Vec::with_capacity(messages.len());
+        let (mut malformed, mut not_logged) = (0u64, 0u64);
         for m in &messages {
             match m.decode() {
                 Ok(e) => events.push(e),
@@ -239,15 +243,32 @@ impl RawBatch {
                         .malformed
                         .fetch_add(1, Ordering::Relaxed);
                     metrics::counter!("kubetrail_kafka_messages_malformed_total").increment(1);
-                    tracing::warn!(
-                        topic = %partition.consumer.topic,
-                        partition = partition.partition,
-                        offset = m.offset,
-                        %reason,
-                        "kafka: skipping a message that is not a valid audit event"
-                    );
+                    malformed += 1;
+                    let log = lock(&partition.consumer.malformed_log)
+                        .check(std::time::Instant::now())
+                        .log;
+                    if log {
+                        tracing::warn!(
+                            topic = %partition.consumer.topic,
+                            partition = partition.partition,
+                            offset = m.offset,
+                            %reason,
+                            "kafka: skipping a message that is not a valid audit event"
+                        );
+                    } else {
+                        not_logged += 1;
+                    }
                 }
             }
+        }
+        if not_logged > 0 {
+            tracing::warn!(
+                topic = %partition.consumer.topic,
+                partition = partition.partition,
+                malformed,
+                not_logged,
+                "kafka: skipped more malformed messages in this batch than are logged one by one (log rate limit); all are counted in kubetrail_kafka_messages_malformed_total"
+            );
         }
         if events.is_empty() {
             ack.done();
@@ -334,7 +355,7 @@ impl ClientContext for ConsumerCtx {
         if !matches!(error, RdError::PartitionEOF(_))
             && error.rdkafka_error_code() != Some(rdkafka::types::RDKafkaErrorCode::PartitionEOF)
         {
-            tracing::warn!(error = %error, "kafka consumer: {reason}");
+            tracing::warn!(error = %error, reason, "kafka consumer error");
         }
     }
 
@@ -875,6 +896,7 @@ impl Poller {
             assigned: Mutex::new(BTreeMap::new()),
             fatal: Mutex::new(None),
             closed: AtomicBool::new(false),
+            malformed_log: Mutex::new(LogLimiter::for_items()),
         });
         let ctx = ConsumerCtx {
             config: config.clone(),

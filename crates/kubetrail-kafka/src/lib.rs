@@ -140,12 +140,14 @@ mod config;
 mod consumer;
 mod lookback;
 mod message;
+mod metric_names;
+pub use metric_names::describe_metrics;
 mod partitioned;
 mod producer;
 mod route;
 mod tracker;
 
-use std::time::{SystemTime, UNIX_EPOCH};
+pub(crate) use kubetrail_model::now_unix_nanos as wall_now;
 
 use rdkafka::config::RDKafkaLogLevel;
 
@@ -207,14 +209,6 @@ pub enum Error {
     /// A partition worker panicked.
     #[error("a partition worker failed: {0}")]
     Worker(String),
-}
-
-/// Now, Unix nanoseconds.
-pub(crate) fn wall_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// The librdkafka log level that lets through what the `tracing` subscriber would show

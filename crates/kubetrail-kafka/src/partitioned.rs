@@ -5,6 +5,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
+use tracing::Instrument as _;
 
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
@@ -226,6 +227,8 @@ pub struct PartitionedWorker {
     exporter: ExporterHandle,
     worker: WorkerConfig,
     upstream: Option<crate::route::RouteProgress>,
+    /// The topic consumed (the `topic` of each partition worker's span).
+    topic: String,
 }
 
 impl std::fmt::Debug for PartitionedWorker {
@@ -250,6 +253,7 @@ impl PartitionedWorker {
             exporter,
             worker,
             upstream: None,
+            topic: kafka.topic.clone(),
         })
     }
 
@@ -290,13 +294,17 @@ impl PartitionedWorker {
                     let pipeline = Pipeline::new(self.pipeline.clone());
                     let mut consumer = lease.consumer;
                     consumer.upstream = self.upstream.clone();
-                    let worker = Worker::new(consumer, pipeline, self.exporter.clone(), self.worker.clone());
                     let (partition, done) = (lease.partition, lease.done);
+                    let worker = Worker::new(consumer, pipeline, self.exporter.clone(), self.worker.clone())
+                        .gauge_partition(partition);
+                    // What the partition's worker logs carries its topic and partition (at warn
+                    // level, so that the default filter keeps the context).
+                    let span = tracing::warn_span!("partition_worker", topic = %self.topic, partition);
                     tasks.spawn(async move {
                         let result = worker.run(std::future::pending()).await;
                         done.finish().await;
                         (partition, result)
-                    });
+                    }.instrument(span));
                 }
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
                     if let Some(e) = record(&mut report, joined) && failure.is_none() {

@@ -73,7 +73,7 @@ impl ClientContext for ProducerContext {
             self.health
                 .down(format!("all Kafka brokers are down: {reason}"));
         } else {
-            tracing::warn!(error = %error, "kafka producer: {reason}");
+            tracing::warn!(error = %error, reason, "kafka producer error");
         }
     }
 }

@@ -25,7 +25,7 @@ use kubetrail_model::ids::{SpanId, TraceId, parse_traceparent};
 use kubetrail_model::{ObjectHead, ObjectRef};
 use serde_json::value::RawValue;
 
-pub use rules::{LinkRule, Relation, default_rules};
+pub use rules::{LinkRule, Relation, RuleError, default_rules};
 
 /// Linker settings (`link:` in the config file).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]

@@ -78,25 +78,44 @@ pub fn default_rules() -> Vec<LinkRule> {
     ]
 }
 
+/// Why a link rule cannot work ([`LinkRule::validate`]); each names the rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RuleError {
+    /// Both `field` and `annotation` are given.
+    #[error("rule {rule}: give either field or annotation, not both")]
+    FieldAndAnnotation {
+        /// The rule's name.
+        rule: String,
+    },
+    /// Neither `field` nor `annotation` is given.
+    #[error("rule {rule}: give a field (with target) or an annotation")]
+    NoSource {
+        /// The rule's name.
+        rule: String,
+    },
+    /// A `field` rule without a `target`.
+    #[error("rule {rule}: a field rule needs a target resource")]
+    NoTarget {
+        /// The rule's name.
+        rule: String,
+    },
+    /// `resources` is empty.
+    #[error("rule {rule}: resources must not be empty")]
+    NoResources {
+        /// The rule's name.
+        rule: String,
+    },
+}
+
 impl LinkRule {
     /// A configuration error, if the rule cannot work.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), RuleError> {
+        let rule = || self.name.clone();
         match (&self.field, &self.annotation) {
-            (Some(_), Some(_)) => Err(format!(
-                "rule {}: give either field or annotation, not both",
-                self.name
-            )),
-            (None, None) => Err(format!(
-                "rule {}: give a field (with target) or an annotation",
-                self.name
-            )),
-            (Some(_), None) if self.target.is_none() => Err(format!(
-                "rule {}: a field rule needs a target resource",
-                self.name
-            )),
-            _ if self.resources.is_empty() => {
-                Err(format!("rule {}: resources must not be empty", self.name))
-            }
+            (Some(_), Some(_)) => Err(RuleError::FieldAndAnnotation { rule: rule() }),
+            (None, None) => Err(RuleError::NoSource { rule: rule() }),
+            (Some(_), None) if self.target.is_none() => Err(RuleError::NoTarget { rule: rule() }),
+            _ if self.resources.is_empty() => Err(RuleError::NoResources { rule: rule() }),
             _ => Ok(()),
         }
     }
@@ -210,5 +229,43 @@ pub(crate) fn body_value(
         body.and_then(|b| serde_json::from_str(b.get()).ok())
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn broken_rules_say_which_and_why() {
+        let mut r = default_rules().remove(0);
+        r.name = "mine".into();
+        assert_eq!(r.validate(), Ok(()));
+        r.annotation = Some("a".into());
+        let e = r.validate().unwrap_err();
+        assert_eq!(
+            e,
+            RuleError::FieldAndAnnotation {
+                rule: "mine".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            "rule mine: give either field or annotation, not both"
+        );
+        r.annotation = None;
+        r.target = None;
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "rule mine: a field rule needs a target resource"
+        );
+        r.field = None;
+        assert!(matches!(r.validate(), Err(RuleError::NoSource { .. })));
+        r.annotation = Some("a".into());
+        r.resources.clear();
+        assert_eq!(
+            r.validate().unwrap_err().to_string(),
+            "rule mine: resources must not be empty"
+        );
     }
 }

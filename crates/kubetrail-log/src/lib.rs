@@ -34,6 +34,8 @@
 
 pub mod config;
 pub mod format;
+mod metric_names;
+pub use metric_names::describe_metrics;
 
 use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::fs::{File, OpenOptions};

@@ -159,6 +159,14 @@ fn ser_opt_time<S: serde::Serializer>(t: &Option<UnixNanos>, s: S) -> Result<S::
 }
 
 impl AuditEvent {
+    /// Whether the request was a dry run (`dryRun=All`): the API server does not audit
+    /// `dryRun` as a field, but it is in the request URI's query.
+    pub fn is_dry_run(&self) -> bool {
+        self.request_uri
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|kv| kv.starts_with("dryRun=")))
+    }
+
     /// When the request started: `requestReceivedTimestamp`, else the v1beta1 `timestamp`,
     /// else `stageTimestamp`.
     pub fn start_time(&self) -> Option<UnixNanos> {

@@ -123,6 +123,19 @@ pub fn jaeger_trace_url(jaeger: &str, trace: TraceId) -> String {
     format!("{}/trace/{trace}", jaeger.trim_end_matches('/'))
 }
 
+/// The Jaeger UI address of the trace `object` is in at `at` (its family's trace of the
+/// window of length `window` containing `at`, when `object` is the family's root): the one
+/// computation behind `kubetrail url` and the webhook's `GET /redirect`.
+pub fn object_trace_url(
+    jaeger: &str,
+    cluster: &str,
+    object: &ObjectRef,
+    at: UnixNanos,
+    window: i64,
+) -> String {
+    jaeger_trace_url(jaeger, trace_id(cluster, object, window_start(at, window)))
+}
+
 /// The trace of one object family in one time window: (cluster, root object, window start).
 pub fn trace_id(cluster: &str, root: &ObjectRef, window_start: UnixNanos) -> TraceId {
     let mut k = Key::new("kubetrail/trace/v1");
@@ -212,6 +225,24 @@ mod tests {
             uid: None,
             cluster: None,
         }
+    }
+
+    #[test]
+    fn an_objects_url_is_its_windows_trace() {
+        let w = 1_800 * 1_000_000_000i64;
+        let start = 1_714_557_600 * 1_000_000_000i64; // a window start
+        let url = object_trace_url("http://jaeger:16686/", "c", &obj("web"), start + 5, w);
+        let trace = trace_id("c", &obj("web"), start);
+        assert_eq!(url, format!("http://jaeger:16686/trace/{trace}"));
+        // Anywhere in the window: the same trace; the next window: another.
+        assert_eq!(
+            object_trace_url("http://jaeger:16686", "c", &obj("web"), start + w - 1, w),
+            url
+        );
+        assert_ne!(
+            object_trace_url("http://jaeger:16686", "c", &obj("web"), start + w, w),
+            url
+        );
     }
 
     #[test]

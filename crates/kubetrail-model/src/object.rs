@@ -201,8 +201,25 @@ pub fn known_group(resource: &str) -> Option<&'static str> {
     })
 }
 
+/// Why a text is not an object reference ([`ObjectRef`]'s `FromStr`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseObjectRefError {
+    /// Not two or three `/`-separated parts.
+    #[error("{input:?}: expected RESOURCE/NAMESPACE/NAME or RESOURCE/NAME (cluster-scoped)")]
+    Shape {
+        /// The text given.
+        input: String,
+    },
+    /// The resource or the name is empty.
+    #[error("{input:?}: resource and name must not be empty")]
+    Empty {
+        /// The text given.
+        input: String,
+    },
+}
+
 impl std::str::FromStr for ObjectRef {
-    type Err = String;
+    type Err = ParseObjectRefError;
 
     /// Parses `resource[.group]/namespace/name` (namespaced) or `resource[.group]/name`
     /// (cluster-scoped), the form kubetrail prints. A well-known resource without a group gets
@@ -213,13 +230,15 @@ impl std::str::FromStr for ObjectRef {
             [gr, ns, name] => (gr, ns, name),
             [gr, name] => (gr, "", name),
             _ => {
-                return Err(format!(
-                    "{s:?}: expected RESOURCE/NAMESPACE/NAME or RESOURCE/NAME (cluster-scoped)"
-                ));
+                return Err(ParseObjectRefError::Shape {
+                    input: s.to_owned(),
+                });
             }
         };
         if gr.is_empty() || name.is_empty() {
-            return Err(format!("{s:?}: resource and name must not be empty"));
+            return Err(ParseObjectRefError::Empty {
+                input: s.to_owned(),
+            });
         }
         let (resource, group) = match gr.split_once('.') {
             Some((r, g)) => (r, g.to_owned()),
@@ -413,8 +432,22 @@ mod tests {
                 .to_string(),
             "deployments.apps/shop/web"
         );
-        assert!("web".parse::<ObjectRef>().is_err());
+        let e = "web".parse::<ObjectRef>().unwrap_err();
+        assert_eq!(
+            e,
+            ParseObjectRefError::Shape {
+                input: "web".into()
+            }
+        );
+        assert_eq!(
+            e.to_string(),
+            r#""web": expected RESOURCE/NAMESPACE/NAME or RESOURCE/NAME (cluster-scoped)"#
+        );
         assert!("a/b/c/d".parse::<ObjectRef>().is_err());
+        assert_eq!(
+            "pods//".parse::<ObjectRef>().unwrap_err().to_string(),
+            r#""pods//": resource and name must not be empty"#
+        );
     }
 
     #[test]

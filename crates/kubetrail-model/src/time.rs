@@ -8,6 +8,19 @@ use serde::{Deserialize, Deserializer};
 /// Nanoseconds since the Unix epoch, UTC. Negative before 1970.
 pub type UnixNanos = i64;
 
+/// `t` in Unix nanoseconds: 0 for a time before the epoch, [`UnixNanos::MAX`] past 2262.
+pub fn unix_nanos(t: std::time::SystemTime) -> UnixNanos {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Now, by the wall clock, in Unix nanoseconds (see [`unix_nanos`]). Live sources tick the
+/// pipeline's event-time clock with it; nothing that replays history may use it.
+pub fn now_unix_nanos() -> UnixNanos {
+    unix_nanos(std::time::SystemTime::now())
+}
+
 /// Parses an RFC 3339 date-time into nanoseconds since the Unix epoch.
 ///
 /// Returns `None` for anything that is not a valid date-time. Valid times outside what

@@ -82,16 +82,6 @@ const NAMESPACED_BUILTINS: &[(&str, &str)] = &[
     ("events.k8s.io", "events"),
 ];
 
-/// Kinds of bodies that are not the object a request was about (as the pipeline has it).
-pub(crate) const NOT_THE_OBJECT: &[&str] = &[
-    "Status",
-    "DeleteOptions",
-    "Binding",
-    "Eviction",
-    "Scale",
-    "TokenRequest",
-];
-
 /// The head of the body that *is* the object the request was about (a create, update or
 /// status body), not of a Binding, Scale, Eviction or DeleteOptions.
 pub(crate) fn object_head(event: &AuditEvent) -> Option<ObjectHead> {
@@ -106,7 +96,7 @@ pub(crate) fn object_head(event: &AuditEvent) -> Option<ObjectHead> {
         .filter(|h| {
             !h.kind
                 .as_deref()
-                .is_some_and(|k| NOT_THE_OBJECT.contains(&k))
+                .is_some_and(kubetrail_model::kinds::is_not_the_object)
         })
 }
 

@@ -12,6 +12,8 @@
 #![warn(missing_docs)]
 
 pub mod embedded;
+mod metric_names;
+pub use metric_names::describe_metrics;
 
 use std::time::Duration;
 

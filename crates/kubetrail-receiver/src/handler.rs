@@ -15,12 +15,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use kubetrail_model::AuditEvent;
+use kubetrail_model::ratelimit::LogLimiter;
 use kubetrail_queue::{AuditBatch, AuditProducer, PublishError};
 use kubetrail_source::cloud::{CloudFormat, CloudItem, decode_cloud_document};
 use kubetrail_source::{ItemError, decode_event_list};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use tokio::time::Instant;
+use tracing::Instrument as _;
 
 use crate::Readiness;
 use crate::auth::{Auth, ConnInfo, Denied, valid_cluster};
@@ -83,6 +85,9 @@ pub(crate) struct AppState {
     pub draining: AtomicBool,
     /// Target of `GET /redirect`.
     pub jaeger: Option<crate::JaegerLink>,
+    /// Bounds the log lines about malformed items over all requests (every item is counted
+    /// in `kubetrail_events_rejected_total` either way).
+    pub item_log: std::sync::Mutex<LogLimiter>,
 }
 
 type Shared = Arc<AppState>;
@@ -180,28 +185,17 @@ async fn redirect(
                     .into_response();
             }
         },
-        None => wall_clock_nanos(),
+        None => kubetrail_model::now_unix_nanos(),
     };
     let cluster = q.cluster.unwrap_or_else(|| s.default_cluster.clone());
     let window = i64::try_from(jaeger.window.as_nanos()).unwrap_or(i64::MAX);
-    let trace = kubetrail_model::ids::trace_id(
-        &cluster,
-        &object,
-        kubetrail_model::ids::window_start(at, window),
-    );
-    let location = kubetrail_model::ids::jaeger_trace_url(&jaeger.url, trace);
+    let location =
+        kubetrail_model::ids::object_trace_url(&jaeger.url, &cluster, &object, at, window);
     (
         StatusCode::FOUND,
         [(axum::http::header::LOCATION, location)],
     )
         .into_response()
-}
-
-fn wall_clock_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Liveness: the process is alive and serving.
@@ -251,7 +245,7 @@ fn not_ready(s: &AppState) -> Option<String> {
                 .unwrap_or_else(|| "the queue is not ready".to_owned()),
         );
     }
-    s.readiness.check().err()
+    s.readiness.check().err().map(|e| e.reason)
 }
 
 /// What a push endpoint receives.
@@ -390,7 +384,20 @@ async fn firehose(s: Shared, cluster: String, req: Request) -> Response {
 /// `Retry-After` on failure or timeout).
 async fn audit(s: Shared, cluster: String, req: Request, format: Format) -> Response {
     let (parts, body) = req.into_parts();
-    let rejection = match receive(&s, &cluster, &parts, body, format).await {
+    let remote = parts.extensions.get::<ConnInfo>().map(|c| c.remote);
+    // One span per webhook request: what it logs carries the cluster, the client and (once
+    // decoded) the number of items. At warn level, so that it is enabled under the default
+    // filter (`warn`): a span only gives context, it writes no line of its own.
+    let span = tracing::warn_span!(
+        "audit_request",
+        cluster = %cluster,
+        remote = ?remote,
+        items = tracing::field::Empty
+    );
+    let rejection = match receive(&s, &cluster, &parts, body, format)
+        .instrument(span.clone())
+        .await
+    {
         Ok(answer) => return Json(&answer).into_response(),
         Err(r) => r,
     };
@@ -402,7 +409,7 @@ async fn audit(s: Shared, cluster: String, req: Request, format: Format) -> Resp
         metrics::counter!(EVENTS_REJECTED, "cluster" => cluster.clone(), "reason" => reason)
             .increment(rejection.events as u64);
     }
-    let remote = parts.extensions.get::<ConnInfo>().map(|c| c.remote);
+    let _entered = span.enter();
     if rejection.status == StatusCode::SERVICE_UNAVAILABLE {
         // Backpressure: expected under load, counted, and retried by the API server.
         tracing::debug!(
@@ -423,6 +430,49 @@ async fn audit(s: Shared, cluster: String, req: Request, format: Format) -> Resp
         );
     }
     rejection.into_response(parts.version)
+}
+
+/// Logs the malformed items of a batch: each one while [`AppState::item_log`] lets lines
+/// through, then one line for the rest of the batch (so a 10,000-item EventList of bad items
+/// writes at most `ITEM_LOG_MAX + 1` lines (see `kubetrail_model::ratelimit`), not 10,000).
+fn log_malformed_items(
+    s: &AppState,
+    cluster: &str,
+    remote: Option<std::net::SocketAddr>,
+    errors: &[ItemError],
+) {
+    if errors.is_empty() {
+        return;
+    }
+    let mut not_logged = 0u64;
+    let mut limiter = s
+        .item_log
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    for e in errors {
+        // What an earlier batch held back was summed up in that batch's own line.
+        if limiter.check(std::time::Instant::now()).log {
+            tracing::warn!(
+                cluster,
+                remote = ?remote,
+                index = e.index,
+                reason = %e.reason,
+                "rejected a malformed audit event; the rest of the batch is accepted"
+            );
+        } else {
+            not_logged += 1;
+        }
+    }
+    drop(limiter);
+    if not_logged > 0 {
+        tracing::warn!(
+            cluster,
+            remote = ?remote,
+            rejected = errors.len(),
+            not_logged,
+            "rejected more malformed audit events in this batch than are logged one by one (log rate limit); all are counted in kubetrail_events_rejected_total"
+        );
+    }
 }
 
 async fn receive(
@@ -472,6 +522,7 @@ async fn receive(
     let _charge = charge;
 
     let items = events.len() + errors.len();
+    tracing::Span::current().record("items", items);
     metrics::counter!(EVENTS_RECEIVED, "cluster" => cluster.to_owned()).increment(items as u64);
     if items > s.max_batch_items {
         return Err(Rejection::new(
@@ -484,15 +535,7 @@ async fn receive(
         .events(items, "too_many_items"));
     }
     let remote = conn.map(|c| c.remote);
-    for e in &errors {
-        tracing::warn!(
-            cluster,
-            remote = ?remote,
-            index = e.index,
-            reason = %e.reason,
-            "rejected a malformed audit event; the rest of the batch is accepted"
-        );
-    }
+    log_malformed_items(s, cluster, remote, &errors);
     if !errors.is_empty() {
         metrics::counter!(
             EVENTS_REJECTED,
@@ -648,7 +691,7 @@ async fn publish(
     let n = events.len();
     let batch = AuditBatch {
         cluster: cluster.to_owned(),
-        received_at: now_unix_nanos(),
+        received_at: kubetrail_model::now_unix_nanos(),
         source,
         events,
     };
@@ -713,7 +756,7 @@ fn decode(
     let expected = match format {
         Format::EventList => {
             return decode_event_list(json)
-                .map_err(|reason| Rejection::new(StatusCode::BAD_REQUEST, reason));
+                .map_err(|e| Rejection::new(StatusCode::BAD_REQUEST, e.to_string()));
         }
         Format::Firehose => CloudFormat::FirehoseDelivery,
         Format::PubSub => CloudFormat::PubSubPush,
@@ -968,13 +1011,6 @@ async fn drain_rest(mut body: Body, version: Version, deadline: Instant) -> bool
             Ok(Some(Err(_))) | Err(_) => return false,
         }
     }
-}
-
-fn now_unix_nanos() -> kubetrail_model::UnixNanos {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// A `Retry-After` value: whole seconds, rounded up, at least 1.

@@ -82,7 +82,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use handler::{AuditResponse, RejectedItem};
-pub use metrics::install_prometheus;
+pub use metrics::{describe_metrics, install_prometheus};
 pub use server::Receiver;
 
 /// Re-exported so callers name exactly the handle type [`Receiver::bind`] takes.
@@ -178,17 +178,34 @@ pub struct TlsConfig {
     pub client_ca: Option<PathBuf>,
 }
 
-/// What `/readyz` and the admission of a batch consult besides the queue's own health, e.g.
-/// "the exporter has been failing for 2 minutes". `Err` carries the reason, which is shown to
-/// the client (503 body) and to the probe. It is called for every batch: keep it cheap (read
-/// an atomic or a snapshot, do no I/O).
-pub trait Readiness: Send + Sync + 'static {
-    /// `Ok` when batches should be accepted.
-    fn check(&self) -> Result<(), String>;
+/// Why the receiver is not ready ([`Readiness::check`]): the reason, shown to the client
+/// (503 body) and to the probe as it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct NotReady {
+    /// What is wrong ("the span exporter has been failing for 120s: …").
+    pub reason: String,
 }
 
-impl<F: Fn() -> Result<(), String> + Send + Sync + 'static> Readiness for F {
-    fn check(&self) -> Result<(), String> {
+impl NotReady {
+    /// Not ready because of `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        NotReady {
+            reason: reason.into(),
+        }
+    }
+}
+
+/// What `/readyz` and the admission of a batch consult besides the queue's own health, e.g.
+/// "the exporter has been failing for 2 minutes". `Err` carries the reason. It is called for
+/// every batch: keep it cheap (read an atomic or a snapshot, do no I/O).
+pub trait Readiness: Send + Sync + 'static {
+    /// `Ok` when batches should be accepted.
+    fn check(&self) -> Result<(), NotReady>;
+}
+
+impl<F: Fn() -> Result<(), NotReady> + Send + Sync + 'static> Readiness for F {
+    fn check(&self) -> Result<(), NotReady> {
         self()
     }
 }
@@ -198,7 +215,7 @@ impl<F: Fn() -> Result<(), String> + Send + Sync + 'static> Readiness for F {
 pub struct AlwaysReady;
 
 impl Readiness for AlwaysReady {
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), NotReady> {
         Ok(())
     }
 }

@@ -60,16 +60,19 @@ pub fn install_prometheus() -> Result<PrometheusHandle, ReceiverError> {
             "another metrics recorder is already installed ({e})"
         ))
     })?;
-    describe();
+    describe_metrics();
     *installed = Some(handle.clone());
     Ok(handle)
 }
 
-/// Registers help texts (only effective once a recorder is installed).
-fn describe() {
-    use metrics::{Unit, describe_counter, describe_histogram};
+/// Registers the descriptions (help text and units) of the receiver's metrics with the
+/// installed [`metrics`] recorder (only effective once a recorder is installed;
+/// [`install_prometheus`] calls it).
+pub fn describe_metrics() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         HTTP_REQUESTS,
+        Unit::Count,
         "HTTP requests answered, by route template and status code."
     );
     describe_histogram!(
@@ -79,33 +82,44 @@ fn describe() {
     );
     describe_counter!(
         EVENTS_RECEIVED,
+        Unit::Count,
         "Audit events received in EventList bodies (valid or not), by cluster."
     );
     describe_counter!(
         EVENTS_ACCEPTED,
+        Unit::Count,
         "Audit events accepted into the queue, by cluster."
     );
     describe_counter!(
         EVENTS_REJECTED,
+        Unit::Count,
         "Audit events not accepted, by cluster and reason (malformed_item, queue_full, \
          unavailable, too_large, closed, publish_timeout, too_many_items, inflight_bytes)."
     );
-    metrics::describe_gauge!(CONNECTIONS_OPEN, "Connections open now.");
+    describe_gauge!(CONNECTIONS_OPEN, Unit::Count, "Connections open now.");
     describe_counter!(
         CONNECTIONS_REFUSED,
+        Unit::Count,
         "Connections closed at once because server.max_connections were open."
     );
-    metrics::describe_gauge!(
+    describe_gauge!(
         INFLIGHT_BYTES,
         Unit::Bytes,
         "Request-body bytes held now over all requests (bounded by server.max_inflight_bytes)."
     );
-    metrics::describe_gauge!(
+    describe_gauge!(
         INFLIGHT_REQUESTS,
+        Unit::Count,
         "POST /audit requests being received or processed now."
     );
     describe_counter!(
         BATCHES_REJECTED,
+        Unit::Count,
         "Audit webhook requests answered with a non-2xx status, by status code."
+    );
+    describe_counter!(
+        RECORDS_SKIPPED,
+        Unit::Count,
+        "Records of cloud push deliveries (Firehose, Pub/Sub) that carry no Kubernetes audit event: skipped, not errors."
     );
 }

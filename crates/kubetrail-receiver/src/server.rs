@@ -135,6 +135,7 @@ impl Receiver {
             metrics,
             draining: AtomicBool::new(false),
             jaeger: config.jaeger,
+            item_log: std::sync::Mutex::new(kubetrail_model::ratelimit::LogLimiter::for_items()),
         });
         Ok(Receiver {
             listener,

@@ -345,22 +345,41 @@ pub(crate) fn describe_error(text: &[u8]) -> String {
     }
 }
 
+/// Why a body is not an `audit.k8s.io` `EventList` as a whole ([`decode_event_list`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EventListError {
+    /// Not JSON, not an object with `items`, or another `kind`: the reason says which, and
+    /// where (`line 3 column 7`).
+    #[error("not an audit EventList: {reason}")]
+    Invalid {
+        /// What is wrong, with its position where JSON parsing said it.
+        reason: String,
+    },
+    /// A single audit event.
+    #[error("not an audit EventList: a single event (no \"items\" array)")]
+    SingleEvent,
+    /// A JSON array of events.
+    #[error("not an audit EventList: a JSON array (no \"items\" array)")]
+    Array,
+    /// A cloud log service's envelope.
+    #[error("not an audit EventList: a cloud log envelope (POST it to /firehose or /pubsub)")]
+    CloudEnvelope,
+}
+
 /// Decodes an `audit.k8s.io` `EventList` body (compact or pretty-printed).
 ///
 /// Each item is decoded on its own, so a malformed item (not an audit event, invalid UTF-8,
 /// or broken JSON when the list is not valid JSON as a whole) is reported in the second
 /// vector and does not reject the others. The whole body is an error when it is not an
 /// object with an `items` array, or has a `kind` other than `EventList`.
-pub fn decode_event_list(body: &[u8]) -> Result<(Vec<AuditEvent>, Vec<ItemError>), String> {
+pub fn decode_event_list(body: &[u8]) -> Result<(Vec<AuditEvent>, Vec<ItemError>), EventListError> {
     let doc = decode_document(body);
     match doc.shape {
         Shape::List => Ok((doc.events, doc.errors)),
-        Shape::Invalid(reason) => Err(format!("not an audit EventList: {reason}")),
-        Shape::Event => Err("not an audit EventList: a single event (no \"items\" array)".into()),
-        Shape::Array => Err("not an audit EventList: a JSON array (no \"items\" array)".into()),
-        Shape::Cloud => Err(
-            "not an audit EventList: a cloud log envelope (POST it to /firehose or /pubsub)".into(),
-        ),
+        Shape::Invalid(reason) => Err(EventListError::Invalid { reason }),
+        Shape::Event => Err(EventListError::SingleEvent),
+        Shape::Array => Err(EventListError::Array),
+        Shape::Cloud => Err(EventListError::CloudEnvelope),
     }
 }
 
@@ -405,16 +424,19 @@ mod tests {
         assert!(
             decode_event_list(b"not json")
                 .unwrap_err()
+                .to_string()
                 .contains("not an audit EventList")
         );
         assert!(
             decode_event_list(br#"{"kind":"PodList","items":[]}"#)
                 .unwrap_err()
+                .to_string()
                 .contains("PodList")
         );
         assert!(
             decode_event_list(br#"{"kind":"EventList"}"#)
                 .unwrap_err()
+                .to_string()
                 .contains("items")
         );
         assert!(decode_event_list(b"[1,2]").is_err());

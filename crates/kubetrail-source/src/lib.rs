@@ -28,7 +28,7 @@ pub mod inputs;
 pub mod merge;
 mod reader;
 
-pub use decode::{ItemError, decode_event_list};
+pub use decode::{EventListError, ItemError, decode_event_list};
 pub use reader::{
     DEFAULT_MAX_RECORD_BYTES, EventReader, Malformed, OpenedInput, SourceError, decode_record,
     open_input,

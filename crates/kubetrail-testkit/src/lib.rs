@@ -52,10 +52,10 @@ pub use pki::Pki;
 pub use proc::rss_bytes;
 pub use receiver::{OtlpReceiver, ReceivedRequest};
 pub use span::{
-    Protocol, ReceivedSpan, any_value_to_json, any_value_to_string, attributes_to_map, flatten,
-    parse_otlp_json, parse_otlp_json_lines,
+    Protocol, ReceivedSpan, SpanIds, any_value_to_json, any_value_to_string, attributes_to_map,
+    flatten, id_set, parse_otlp_json, parse_otlp_json_lines,
 };
-pub use tools::workspace_root;
+pub use tools::{audit_sample, workspace_root};
 
 pub use webhook::{
     ApiServerClient, BatchOutcome, DEFAULT_BATCH_SIZE, DEFAULT_INITIAL_BACKOFF,

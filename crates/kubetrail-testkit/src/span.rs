@@ -1,6 +1,6 @@
 //! A flat, assertion-friendly view of OTLP spans, and OTLP/JSON readers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::Context as _;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
@@ -219,6 +219,24 @@ pub fn parse_otlp_json_lines(text: &str) -> anyhow::Result<Vec<ReceivedSpan>> {
         spans.extend(flatten(&request, Protocol::File));
     }
     Ok(spans)
+}
+
+/// (trace id, span id, parent span id) of a span: what "the same traces" means when runs,
+/// replicas or restarts are compared.
+pub type SpanIds = (String, String, Option<String>);
+
+/// The [`SpanIds`] of every span, duplicates (at-least-once delivery) removed.
+pub fn id_set(spans: &[ReceivedSpan]) -> BTreeSet<SpanIds> {
+    spans
+        .iter()
+        .map(|s| {
+            (
+                s.trace_id.clone(),
+                s.span_id.clone(),
+                s.parent_span_id.clone(),
+            )
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -13,6 +13,12 @@ pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
 }
 
+/// The real audit samples, `testdata/audit-samples/`, or a file below them (`rel`, which may be
+/// empty).
+pub fn audit_sample(rel: &str) -> PathBuf {
+    workspace_root().join("testdata/audit-samples").join(rel)
+}
+
 /// Runs `scripts/NAME` (bash) and returns the path it prints on its last line of stdout.
 /// The script's own progress goes to this process's stderr (the test's output).
 pub fn install(script: &str) -> anyhow::Result<PathBuf> {

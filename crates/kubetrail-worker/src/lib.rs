@@ -21,8 +21,13 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod metric_names;
+pub use metric_names::describe_metrics;
+
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use kubetrail_model::now_unix_nanos as wall_now;
 
 use kubetrail_export::{ExporterClosed, ExporterHandle};
 use kubetrail_model::ids::SpanId;
@@ -96,6 +101,9 @@ pub struct Worker<C> {
     suppressed: HashSet<SpanId>,
     suppressed_count: u64,
     on_delivered: Option<DeliveredHook>,
+    /// Labels of the gauges this worker sets (`partition` for one of several per-partition
+    /// workers in one process, so that their gauges do not overwrite each other).
+    gauge_labels: Vec<(&'static str, String)>,
 }
 
 async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
@@ -105,13 +113,6 @@ async fn next_tick(ticker: &mut Option<tokio::time::Interval>) {
         }
         None => std::future::pending().await,
     }
-}
-
-fn wall_now() -> UnixNanos {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 impl<C: AuditConsumer> Worker<C> {
@@ -138,7 +139,18 @@ impl<C: AuditConsumer> Worker<C> {
             suppressed: HashSet::new(),
             suppressed_count: 0,
             on_delivered: None,
+            gauge_labels: Vec::new(),
         }
+    }
+
+    /// Labels this worker's gauges (`kubetrail_open_families`, `kubetrail_open_objects`, …)
+    /// with `partition`: one of several workers in one process, each with a pipeline of its
+    /// own (a Kafka consumer's partitions). Without it the workers' gauges would overwrite each
+    /// other; with it, `sum by (pod)` adds them up. Counters need no label: the workers' deltas
+    /// add up. The gauges go to 0 when the worker finishes (its families are emitted).
+    pub fn gauge_partition(mut self, partition: i32) -> Self {
+        self.gauge_labels.push(("partition", partition.to_string()));
+        self
     }
 
     /// Spans with these ids are not exported: they were delivered before a restart (the
@@ -394,11 +406,12 @@ impl<C: AuditConsumer> Worker<C> {
                     .increment(n - before);
             }
         }
+        let labels = &self.gauge_labels;
         let (graph, families, objects, pending) = self.pipeline.sizes();
-        metrics::gauge!("kubetrail_linker_objects").set(graph as f64);
-        metrics::gauge!("kubetrail_open_families").set(families as f64);
-        metrics::gauge!("kubetrail_open_objects").set(objects as f64);
-        metrics::gauge!("kubetrail_pending_requests").set(pending as f64);
+        metrics::gauge!("kubetrail_linker_objects", labels).set(graph as f64);
+        metrics::gauge!("kubetrail_open_families", labels).set(families as f64);
+        metrics::gauge!("kubetrail_open_objects", labels).set(objects as f64);
+        metrics::gauge!("kubetrail_pending_requests", labels).set(pending as f64);
         let order = self.sequencer.stats().clone();
         let prev = &self.published_order;
         inc("kubetrail_events_late_total", order.late, prev.late);
@@ -423,10 +436,10 @@ impl<C: AuditConsumer> Worker<C> {
             order.idle_sources,
             prev.idle_sources,
         );
-        metrics::gauge!("kubetrail_order_held_events").set(self.sequencer.held() as f64);
-        metrics::gauge!("kubetrail_order_sources").set(self.sequencer.sources() as f64);
+        metrics::gauge!("kubetrail_order_held_events", labels).set(self.sequencer.held() as f64);
+        metrics::gauge!("kubetrail_order_sources", labels).set(self.sequencer.sources() as f64);
         if let Some(w) = self.sequencer.floor() {
-            metrics::gauge!("kubetrail_watermark_seconds").set(w as f64 / 1e9);
+            metrics::gauge!("kubetrail_watermark_seconds", labels).set(w as f64 / 1e9);
         }
         self.published_order = order;
         self.published = now;
@@ -477,6 +490,53 @@ mod tests {
             r#"{{"level":"Metadata","auditID":"{t}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/n/configmaps/c","verb":"update","user":{{"username":"u"}},"objectRef":{{"resource":"configmaps","namespace":"n","name":"c"}},"responseStatus":{{"code":200}},"requestReceivedTimestamp":"{t}","stageTimestamp":"{t}"}}"#
         ))
         .unwrap()
+    }
+
+    #[tokio::test]
+    async fn per_partition_workers_label_their_gauges_instead_of_overwriting_them() {
+        let (exporter, _task) = Exporter::spawn(Vec::new(), ExporterConfig::default());
+        let worker = |partition: i32, events: usize| {
+            let (_producer, consumer) = kubetrail_queue::embedded::channel(1);
+            let mut w = Worker::new(
+                consumer,
+                Pipeline::new(Default::default()),
+                exporter.clone(),
+                WorkerConfig::default(),
+            )
+            .gauge_partition(partition);
+            let mut out = Vec::new();
+            for i in 0..events {
+                // One object per event (a family each), held open: linger has not passed.
+                let mut e = event(&format!("2024-05-01T10:00:0{i}Z"));
+                if let Some(r) = e.object_ref.as_mut() {
+                    r.name = Some(format!("c{i}"));
+                }
+                w.pipeline.push("c1", e, &mut out);
+            }
+            w
+        };
+        let (mut one, mut two) = (worker(1, 1), worker(2, 3));
+        let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            one.publish_metrics();
+            two.publish_metrics();
+        });
+        let text = handle.render();
+        for want in [
+            r#"kubetrail_open_families{partition="1"} 1"#,
+            r#"kubetrail_open_families{partition="2"} 3"#,
+            r#"kubetrail_open_objects{partition="1"} 1"#,
+            r#"kubetrail_open_objects{partition="2"} 3"#,
+        ] {
+            assert!(text.lines().any(|l| l == want), "{want} not in:\n{text}");
+        }
+        // The counters add up across the workers.
+        assert!(
+            text.lines()
+                .any(|l| l == "kubetrail_events_processed_total 4"),
+            "{text}"
+        );
     }
 
     #[tokio::test]

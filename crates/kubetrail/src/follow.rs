@@ -379,6 +379,7 @@ fn follow_log(
     let path = shared.path.clone();
     let labels = [("path", path.clone())];
     let mut published = kubetrail_source::follow::TailStats::default();
+    let mut malformed_log = kubetrail_model::ratelimit::LogLimiter::for_items();
     loop {
         if *stop.borrow() {
             return;
@@ -402,6 +403,7 @@ fn follow_log(
         match polled {
             Ok(Some(chunk)) => {
                 let mut events = Vec::with_capacity(chunk.records.len());
+                let (mut malformed, mut not_logged) = (0u64, 0u64);
                 for r in chunk.records {
                     match r {
                         Ok(e) => events.push(e),
@@ -411,11 +413,24 @@ fn follow_log(
                                 .increment(1);
                         }
                         Err(m) => {
-                            tracing::warn!(%m, "malformed audit line skipped");
+                            malformed += 1;
+                            if malformed_log.check(std::time::Instant::now()).log {
+                                tracing::warn!(%m, "malformed audit line skipped");
+                            } else {
+                                not_logged += 1;
+                            }
                             metrics::counter!("kubetrail_follow_malformed_total", &labels)
                                 .increment(1);
                         }
                     }
+                }
+                if not_logged > 0 {
+                    tracing::warn!(
+                        path = %path,
+                        malformed,
+                        not_logged,
+                        "skipped more malformed audit lines than are logged one by one (log rate limit); all are counted in kubetrail_follow_malformed_total"
+                    );
                 }
                 let max_time = events
                     .iter()
@@ -428,7 +443,7 @@ fn follow_log(
                 } else {
                     let batch = AuditBatch {
                         cluster: cluster.to_owned(),
-                        received_at: wall_now(),
+                        received_at: kubetrail_model::now_unix_nanos(),
                         source: Some(path.clone()),
                         events,
                     };
@@ -466,13 +481,6 @@ fn follow_log(
             }
         }
     }
-}
-
-fn wall_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
 }
 
 /// Hands a batch downstream, waiting (and retrying a durable queue that is full or down)
@@ -601,9 +609,7 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
     }
     cfg.follow = section.clone();
     expect_sources(&mut cfg);
-    let metrics =
-        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
-    kubetrail_export::describe_metrics();
+    let metrics = crate::telemetry::install_metrics()?;
     if let Some(addr) = args.metrics_listen {
         serve_metrics(addr, move || metrics.render())?;
     }

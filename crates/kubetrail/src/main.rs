@@ -12,6 +12,7 @@ mod forward;
 mod replay;
 mod scaleout;
 mod serve;
+mod telemetry;
 mod timeline;
 mod url;
 
@@ -26,7 +27,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_logging(&cli.global);
+    telemetry::init_logging(&cli.global);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -54,18 +55,5 @@ fn main() -> ExitCode {
             eprintln!("kubetrail: error: {e:#}");
             ExitCode::FAILURE
         }
-    }
-}
-
-fn init_logging(g: &cli::GlobalArgs) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_new(&g.log_level).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if g.log_format == cli::LogFormat::Json {
-        builder.json().init();
-    } else {
-        builder.init();
     }
 }

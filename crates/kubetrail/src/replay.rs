@@ -403,7 +403,7 @@ fn read_all(
             }
             Err(e) => {
                 tracing::error!(error = %e, "input unreadable");
-                o.read_errors.push(error_chain(&e));
+                o.read_errors.push(kubetrail_export::error_chain(&e));
             }
         }
     }
@@ -412,17 +412,6 @@ fn read_all(
     }
     o.out_of_order = merged.out_of_order();
     Ok(o)
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 fn print_summary(command: &str, o: &ReadOutcome, r: &ExportReport, elapsed: Duration) {

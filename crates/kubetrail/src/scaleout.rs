@@ -92,8 +92,7 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<ExitCode> {
         .clone()
         .or(cfg.cluster.clone())
         .unwrap_or_else(|| DEFAULT_CLUSTER.to_owned());
-    let metrics =
-        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
+    let metrics = crate::telemetry::install_metrics()?;
     let kafka = kafka_config(&cfg, &args.kafka, None)?;
     let producer = Arc::new(RedactingProducer {
         inner: KafkaProducer::new(&kafka).context("cannot create the Kafka producer")?,
@@ -168,9 +167,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
             "kafka.lookback is shorter than the window plus linger: after a restart, families that were open may be split"
         );
     }
-    let metrics =
-        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
-    kubetrail_export::describe_metrics();
+    let metrics = crate::telemetry::install_metrics()?;
     let sinks = consume_sinks(&cfg, &args)?;
     let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
     let worker_config = WorkerConfig {

@@ -106,15 +106,15 @@ pub(crate) fn receiver_config(
 pub(crate) fn export_readiness(
     handle: ExporterHandle,
     threshold: Duration,
-) -> impl Fn() -> Result<(), String> + Send + Sync + 'static {
+) -> impl Fn() -> Result<(), kubetrail_receiver::NotReady> + Send + Sync + 'static {
     move || {
         let h = handle.health();
         match h.failing_for {
-            Some(d) if d >= threshold => Err(format!(
+            Some(d) if d >= threshold => Err(kubetrail_receiver::NotReady::new(format!(
                 "the span exporter has been failing for {}s: {}",
                 d.as_secs(),
                 h.last_error.unwrap_or_default()
-            )),
+            ))),
             _ => Ok(()),
         }
     }
@@ -144,9 +144,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()?;
     let (mut cfg, cluster) = effective_config(&args.pipeline)?;
     crate::follow::expect_sources(&mut cfg);
-    let metrics =
-        kubetrail_receiver::install_prometheus().context("cannot install the metrics recorder")?;
-    kubetrail_export::describe_metrics();
+    let metrics = crate::telemetry::install_metrics()?;
 
     let p = &args.pipeline;
     let sinks = export_sinks(

@@ -98,7 +98,7 @@ fn parse_time(flag: &str, v: Option<&str>) -> anyhow::Result<Option<UnixNanos>> 
 }
 
 pub async fn run(args: TimelineArgs) -> anyhow::Result<ExitCode> {
-    let target: ObjectRef = args.object.parse().map_err(anyhow::Error::msg)?;
+    let target: ObjectRef = args.object.parse()?;
     let since = parse_time("--since", args.since.as_deref())?;
     let until = parse_time("--until", args.until.as_deref())?;
     let found = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));

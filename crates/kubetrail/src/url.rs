@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
-use kubetrail_model::ids::{jaeger_trace_url, trace_id, window_start};
+use kubetrail_model::ids::{object_trace_url, window_start};
 use kubetrail_model::{ObjectRef, UnixNanos, format_rfc3339, parse_rfc3339_nanos};
 
 use crate::cli::UrlArgs;
@@ -40,13 +40,6 @@ pub(crate) fn search_url(
 /// Windows `kubetrail url --since` lists at most.
 const MAX_WINDOWS: i64 = 10_000;
 
-fn now_nanos() -> UnixNanos {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
 fn parse_time(flag: &str, t: &str) -> anyhow::Result<UnixNanos> {
     parse_rfc3339_nanos(t).with_context(|| format!("{flag} {t:?}: expected an RFC 3339 time"))
 }
@@ -73,7 +66,7 @@ pub(crate) fn windows(
 
 pub async fn run(args: UrlArgs) -> anyhow::Result<ExitCode> {
     let (cfg, cluster) = effective_config(&args.pipeline)?;
-    let object: ObjectRef = args.object.parse().map_err(anyhow::Error::msg)?;
+    let object: ObjectRef = args.object.parse()?;
     let window = i64::try_from(cfg.aggregate.window.as_nanos()).unwrap_or(i64::MAX);
     if let Some(since) = args.since.as_deref() {
         // The object's history: one trace per window, computed from the ids. A family cut into
@@ -81,14 +74,13 @@ pub async fn run(args: UrlArgs) -> anyhow::Result<ExitCode> {
         let since = parse_time("--since", since)?;
         let until = match args.until.as_deref() {
             Some(t) => parse_time("--until", t)?,
-            None => now_nanos(),
+            None => kubetrail_model::now_unix_nanos(),
         };
         for start in windows(since, until, window)? {
-            let trace = trace_id(&cluster, &object, start);
             println!(
                 "{}  {}",
                 format_rfc3339(start),
-                jaeger_trace_url(&args.jaeger_url, trace)
+                object_trace_url(&args.jaeger_url, &cluster, &object, start, window)
             );
         }
         if args.search {
@@ -107,11 +99,13 @@ pub async fn run(args: UrlArgs) -> anyhow::Result<ExitCode> {
     }
     let at = match args.time.as_deref() {
         Some(t) => parse_time("--time", t)?,
-        None => now_nanos(),
+        None => kubetrail_model::now_unix_nanos(),
     };
     let start = window_start(at, window);
-    let trace = trace_id(&cluster, &object, start);
-    println!("{}", jaeger_trace_url(&args.jaeger_url, trace));
+    println!(
+        "{}",
+        object_trace_url(&args.jaeger_url, &cluster, &object, at, window)
+    );
     if args.search {
         println!(
             "{}",

@@ -9,6 +9,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+
+mod common;
 use std::process::Command;
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -911,21 +913,11 @@ fn the_dockerfile_builds_kubetrail_for_a_non_root_distroless_runtime() {
 
 /// Every metric name the code records or describes: string literals `"kubetrail_…"`.
 fn metric_names_in_code() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
-        }
-    }
     let mut files = Vec::new();
     for krate in std::fs::read_dir(repo_root().join("crates")).unwrap() {
         let src = krate.unwrap().path().join("src");
         if src.is_dir() {
-            walk(&src, &mut files);
+            files.extend(common::rust_files(&src));
         }
     }
     let mut names = BTreeSet::new();

@@ -148,14 +148,7 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
         let mut tick = tokio::time::interval(Duration::from_millis(50));
         loop {
             tick.tick().await;
-            let text = http
-                .get(&metrics_url)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = common::get_text(&http, &metrics_url).await;
             let open = text
                 .lines()
                 .find_map(|l| l.strip_prefix("kubetrail_connections_open "))
@@ -168,6 +161,22 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
     .await;
     assert!(gone.is_ok(), "the stalled connections were not closed");
     let after = rss_bytes(pid);
+
+    // Every series the running server exposes is described (`# HELP` with its unit).
+    let text = common::get_text(&http, &metrics_url).await;
+    let typed: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert!(typed.len() > 10, "{text}");
+    for name in typed {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(&format!("# HELP {name} "))),
+            "{name} has no # HELP:\n{text}"
+        );
+    }
 
     let status = terminate(&mut child).await;
     let log = stderr.await.unwrap();

@@ -1,7 +1,7 @@
 //! Shared helpers of the Kafka integration tests: every test starts its own Apache Kafka broker
 //! (`kubetrail_testkit::KafkaBroker`) and uses its own topic and group names.
 
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -108,13 +108,7 @@ pub async fn publish_all(
     }
 }
 
-/// Wall-clock time, Unix nanoseconds.
-pub fn now_nanos() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as i64
-}
+pub use kubetrail_model::now_unix_nanos as now_nanos;
 
 /// An exporter to `receiver` over OTLP/gRPC.
 pub fn exporter(receiver: &OtlpReceiver) -> (ExporterHandle, JoinHandle<ExportReport>) {
@@ -166,22 +160,7 @@ pub async fn wait_committed(handles: &[&StatsHandle], total: i64) {
     .await;
 }
 
-/// (trace id, span id, parent span id).
-pub type SpanIds = (String, String, Option<String>);
-
-/// (trace id, span id, parent span id) of every span, duplicates removed.
-pub fn id_set(spans: &[ReceivedSpan]) -> BTreeSet<SpanIds> {
-    spans
-        .iter()
-        .map(|s| {
-            (
-                s.trace_id.clone(),
-                s.span_id.clone(),
-                s.parent_span_id.clone(),
-            )
-        })
-        .collect()
-}
+pub use kubetrail_testkit::{SpanIds, id_set};
 
 /// The auditIDs of the request spans.
 pub fn audit_ids(spans: &[ReceivedSpan]) -> BTreeSet<String> {

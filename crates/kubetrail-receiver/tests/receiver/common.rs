@@ -2,7 +2,6 @@
 //! embedded queue, plus helpers for events, raw sockets and certificates.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -191,11 +190,7 @@ pub fn gzip(data: &[u8]) -> Vec<u8> {
     enc.finish().unwrap()
 }
 
-pub fn testdata(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../testdata/audit-samples")
-        .join(rel)
-}
+pub use kubetrail_testkit::audit_sample as testdata;
 
 /// Writes `request` on a fresh connection and reads until the server closes it (EOF or
 /// reset). Returns what was read and whether the server closed the connection.

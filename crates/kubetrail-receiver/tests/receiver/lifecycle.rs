@@ -129,7 +129,9 @@ async fn readiness_gates_probes_and_batches() {
         if flag.load(Ordering::SeqCst) {
             Ok(())
         } else {
-            Err("the exporter has been failing for 2m".to_owned())
+            Err(kubetrail_receiver::NotReady::new(
+                "the exporter has been failing for 2m",
+            ))
         }
     };
     let mut h = Harness::start_with(config(), 1000, Arc::new(readiness), None).await;

@@ -1,11 +1,10 @@
 //! Helpers shared by the binary's end-to-end tests: running `kubetrail` as a user would.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::time::Duration;
 
-use kubetrail_testkit::ReceivedSpan;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
@@ -66,19 +65,7 @@ pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
         .unwrap()
 }
 
-/// The (trace id, span id, parent span id) of every span: what "the same traces" means.
-pub fn id_set(spans: &[ReceivedSpan]) -> BTreeSet<(String, String, Option<String>)> {
-    spans
-        .iter()
-        .map(|s| {
-            (
-                s.trace_id.clone(),
-                s.span_id.clone(),
-                s.parent_span_id.clone(),
-            )
-        })
-        .collect()
-}
+pub use kubetrail_testkit::id_set;
 
 /// The (trace id, span id, parent span id) of every span Jaeger holds, found as Jaeger UI
 /// finds traces (a search per service) and opened one by one. Exact duplicates of a span
@@ -183,13 +170,7 @@ pub async fn replay_id_set(
 /// family before the test says so (SIGTERM), however slowly the machine runs.
 pub fn live_start() -> i64 {
     const WINDOW: i64 = 30 * 60 * 1_000_000_000;
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    )
-    .unwrap();
+    let now = kubetrail_model::now_unix_nanos();
     let window_start = now - now.rem_euclid(WINDOW);
     if now - window_start >= 200_000_000_000 {
         now - 200_000_000_000
@@ -204,13 +185,7 @@ pub fn live_start() -> i64 {
 /// time, well within the watermark's far-ahead bound.
 pub fn wall_time_start() -> i64 {
     const WINDOW: i64 = 30 * 60 * 1_000_000_000;
-    let now = i64::try_from(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos(),
-    )
-    .unwrap();
+    let now = kubetrail_model::now_unix_nanos();
     let next_window = now - now.rem_euclid(WINDOW) + WINDOW;
     if now + 60_000_000_000 < next_window {
         now
@@ -223,4 +198,33 @@ pub fn wall_time_start() -> i64 {
 pub fn rfc3339(nanos: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_nanos(u64::try_from(nanos).unwrap());
     humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The `.rs` files below `dir`, recursively (for the tests that scan the sources).
+pub fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The body of a GET of `url` (a `/metrics` page, a probe), failing the test on any error.
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .text()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
 }
