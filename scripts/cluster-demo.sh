@@ -16,6 +16,9 @@ cargo build --release --locked -p kubetrail
 token="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
 printf '%s\n' "$token" >"$dir/tokens"
 chmod 600 "$dir/tokens"
+# The two API servers name themselves in their webhook URLs (local-cluster.sh adds
+# ?source=apiserver-I); serve waits for both (README: replaying or serving an HA control plane).
+printf 'time:\n  expect_sources: [apiserver-1, apiserver-2]\n' >"$dir/kubetrail.yaml"
 
 pids=()
 cleanup() {
@@ -28,7 +31,7 @@ trap 'exit 130' INT TERM
 
 "$jaeger" >"$dir/jaeger.log" 2>&1 &
 pids+=($!)
-target/release/kubetrail serve --listen 127.0.0.1:18443 --token-file "$dir/tokens" \
+target/release/kubetrail serve --config "$dir/kubetrail.yaml" --listen 127.0.0.1:18443 --token-file "$dir/tokens" \
     --otlp-endpoint http://127.0.0.1:4317 --jaeger-url http://127.0.0.1:16686 \
     >"$dir/kubetrail.log" 2>&1 &
 pids+=($!)
