@@ -244,3 +244,115 @@ impl ConsumerCtx {
         lock(&self.shared.assigned).clear();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::batch::tests::{message, partition};
+    use super::*;
+
+    /// Absorbs a message at `offset` whose value is `bytes` long (one message per batch).
+    fn absorb(ps: &mut PartitionState, offset: i64, bytes: usize) {
+        let raw = RawMessage {
+            value: vec![b' '; bytes],
+            ..message(offset)
+        };
+        let c = &ps.shared.consumer.clone();
+        ps.absorb(raw, &c.counters, 1);
+    }
+
+    #[test]
+    fn a_partition_behind_is_paused_at_the_byte_limit_and_resumed_once_drained() {
+        let (tx, mut rx) = mpsc::channel(1);
+        let mut ps = PartitionState::new(partition(0, None), tx, None, None);
+        absorb(&mut ps, 0, 6);
+        absorb(&mut ps, 1, 6);
+        // One batch fits the channel; 6 bytes wait.
+        assert_eq!(ps.pump(10), (true, None));
+        absorb(&mut ps, 2, 6);
+        assert_eq!(
+            ps.pump(10),
+            (true, Some(FlowChange::Pause)),
+            "12 bytes wait"
+        );
+        assert_eq!(ps.pump(10), (true, None), "paused once");
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(
+            ps.pump(10),
+            (true, None),
+            "6 bytes still wait: stays paused"
+        );
+        assert!(ps.flow.paused());
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(ps.pump(10), (false, Some(FlowChange::Resume)));
+        assert!(rx.try_recv().is_ok());
+        assert_eq!(ps.pump(10), (false, None));
+        assert!(rx.try_recv().is_err(), "three batches in all");
+    }
+
+    #[test]
+    fn messages_below_the_replay_offset_are_counted_and_batched_apart() {
+        let (tx, mut rx) = mpsc::channel(8);
+        let mut ps = PartitionState::new(partition(0, Some(3)), tx, None, Some(3));
+        let c = ps.shared.consumer.clone();
+        for o in 1..6 {
+            ps.absorb(message(o), &c.counters, 100);
+        }
+        ps.pump(usize::MAX);
+        let first = rx.try_recv().expect("the re-read batch");
+        let second = rx.try_recv().expect("the new batch");
+        assert!(first.replayed());
+        assert!(!second.replayed());
+        assert_eq!(first.into_received().map(|r| r.batch.events.len()), Some(2));
+        let s = c.stats();
+        assert_eq!((s.messages, s.replayed), (5, 2));
+    }
+
+    #[test]
+    fn the_end_of_a_partition_closes_its_batch_and_a_message_reopens_it() {
+        let (tx, _rx) = mpsc::channel(8);
+        let mut ps = PartitionState::new(partition(0, None), tx, None, None);
+        let c = ps.shared.consumer.clone();
+        ps.absorb(message(0), &c.counters, 100);
+        ps.eof();
+        assert!(ps.batches.waiting(), "closed at the end of the partition");
+        assert!(!ps.shared.drained(), "but not handed over yet");
+        ps.pump(usize::MAX);
+        assert!(ps.shared.drained());
+        ps.absorb(message(1), &c.counters, 100);
+        ps.pump(usize::MAX);
+        assert!(
+            !ps.shared.drained(),
+            "handed over, but no longer known to be at the end"
+        );
+        ps.eof();
+        assert!(ps.shared.drained(), "nothing was formed since");
+    }
+
+    #[test]
+    fn a_partition_no_one_reads_holds_nothing_and_is_not_paused() {
+        let (tx, rx) = mpsc::channel(1);
+        let mut ps = PartitionState::new(partition(0, None), tx, None, None);
+        drop(rx);
+        absorb(&mut ps, 0, 50);
+        absorb(&mut ps, 1, 50);
+        assert_eq!(ps.pump(10), (false, None));
+        assert_eq!(ps.shared.local_batches.load(Ordering::Acquire), 0);
+    }
+
+    #[test]
+    fn only_known_lags_of_wanted_partitions_are_reported() {
+        assert_eq!(reported_lag(0, true, 12), Some(12.0));
+        assert_eq!(reported_lag(0, true, 0), Some(0.0));
+        assert_eq!(
+            reported_lag(-1, true, 12),
+            None,
+            "librdkafka's internal partition"
+        );
+        assert_eq!(
+            reported_lag(3, false, 12),
+            None,
+            "not assigned to this consumer"
+        );
+        assert_eq!(reported_lag(3, true, -1), None, "unknown");
+    }
+}

@@ -41,4 +41,53 @@ impl Flow {
             None
         }
     }
+
+    /// Whether the partition is paused now.
+    #[cfg(test)]
+    pub(super) fn paused(&self) -> bool {
+        self.paused
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = 100;
+
+    #[test]
+    fn below_the_limit_nothing_changes() {
+        let mut f = Flow::default();
+        assert_eq!(f.update(0, true, MAX), None);
+        assert_eq!(f.update(99, false, MAX), None);
+        assert!(!f.paused());
+    }
+
+    #[test]
+    fn reaching_the_limit_pauses_once() {
+        let mut f = Flow::default();
+        assert_eq!(f.update(MAX, false, MAX), Some(FlowChange::Pause));
+        assert!(f.paused());
+        assert_eq!(f.update(MAX * 3, false, MAX), None, "already paused");
+    }
+
+    #[test]
+    fn a_paused_partition_resumes_only_once_nothing_waits() {
+        let mut f = Flow::default();
+        assert_eq!(f.update(150, false, MAX), Some(FlowChange::Pause));
+        assert_eq!(
+            f.update(40, false, MAX),
+            None,
+            "below the limit, still waiting"
+        );
+        assert!(f.paused());
+        assert_eq!(f.update(0, true, MAX), Some(FlowChange::Resume));
+        assert!(!f.paused());
+        assert_eq!(f.update(0, true, MAX), None, "resumed once");
+        assert_eq!(
+            f.update(MAX, false, MAX),
+            Some(FlowChange::Pause),
+            "and again"
+        );
+    }
 }

@@ -159,3 +159,16 @@ fn poll_loop(
     tracing::info!(topic = %ctx.config.topic, "kafka: consumer closed");
     let _ = closed.send(());
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_round_drains_eight_batches_and_at_least_64_messages() {
+        assert_eq!(drain_limit(512), 4096);
+        assert_eq!(drain_limit(8), 64);
+        assert_eq!(drain_limit(1), 64);
+        assert_eq!(drain_limit(usize::MAX), usize::MAX, "saturates");
+    }
+}

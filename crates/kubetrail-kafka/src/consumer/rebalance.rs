@@ -380,3 +380,61 @@ impl ConsumerCtx {
         self.commit(consumer, &parts, mode);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tpl(entries: &[(&str, i32, Offset)]) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, p, o) in entries {
+            tpl.add_partition_offset(topic, *p, *o)
+                .expect("a valid offset");
+        }
+        tpl
+    }
+
+    #[test]
+    fn only_the_topics_partitions_are_ours() {
+        let t = tpl(&[
+            ("audit", 2, Offset::Invalid),
+            ("other", 0, Offset::Invalid),
+            ("audit", 0, Offset::Invalid),
+        ]);
+        assert_eq!(topic_partitions(&t, "audit"), [2, 0]);
+        assert!(topic_partitions(&t, "none").is_empty());
+    }
+
+    #[test]
+    fn a_partition_never_committed_has_no_committed_offset() {
+        let t = tpl(&[
+            ("audit", 0, Offset::Offset(17)),
+            ("audit", 1, Offset::Invalid), // never committed
+            ("other", 2, Offset::Offset(5)),
+            ("audit", 3, Offset::Offset(0)),
+        ]);
+        assert_eq!(
+            topic_offsets(&t, "audit"),
+            BTreeMap::from([(0, 17), (3, 0)])
+        );
+    }
+
+    #[test]
+    fn only_a_start_before_the_committed_offset_is_a_re_read() {
+        assert_eq!(replay_until(Some(100), Some(40)), Some(100));
+        assert_eq!(replay_until(Some(100), Some(100)), None);
+        assert_eq!(replay_until(Some(100), None), None, "no lookback");
+        assert_eq!(replay_until(None, Some(0)), None, "never committed");
+    }
+
+    #[test]
+    fn the_lookback_target_is_before_the_last_committed_message() {
+        assert_eq!(lookback_target(10_000, Duration::from_secs(3)), 7_000);
+        assert_eq!(lookback_target(1_000, Duration::from_secs(3)), -2_000);
+        assert_eq!(
+            lookback_target(i64::MIN + 1, Duration::from_secs(1)),
+            i64::MIN
+        );
+        assert_eq!(lookback_target(0, Duration::MAX), -i64::MAX);
+    }
+}

@@ -118,3 +118,58 @@ impl PartitionShared {
 pub(super) fn all_drained(assigned: &BTreeMap<i32, Arc<PartitionShared>>) -> bool {
     !assigned.is_empty() && assigned.values().all(|p| p.drained())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn partition(consumer: &Arc<ConsumerShared>, p: i32) -> Arc<PartitionShared> {
+        Arc::new(PartitionShared::new(p, None, consumer.clone()))
+    }
+
+    #[test]
+    fn a_partition_is_drained_at_its_end_with_no_batch_waiting() {
+        let consumer = Arc::new(ConsumerShared::new("t".to_owned()));
+        let p = partition(&consumer, 0);
+        assert!(!p.drained(), "not at its end yet");
+        p.at_eof.store(true, Ordering::Release);
+        assert!(p.drained());
+        p.local_batches.store(1, Ordering::Release);
+        assert!(!p.drained(), "a batch formed but not handed over");
+    }
+
+    #[test]
+    fn no_partition_is_not_caught_up_and_one_behind_is_enough_to_not_be() {
+        let consumer = Arc::new(ConsumerShared::new("t".to_owned()));
+        let mut assigned = BTreeMap::new();
+        assert!(!all_drained(&assigned), "nothing assigned: not caught up");
+        let (a, b) = (partition(&consumer, 0), partition(&consumer, 1));
+        a.at_eof.store(true, Ordering::Release);
+        assigned.insert(0, a);
+        assigned.insert(1, b.clone());
+        assert!(!all_drained(&assigned));
+        b.at_eof.store(true, Ordering::Release);
+        assert!(all_drained(&assigned));
+    }
+
+    #[test]
+    fn a_new_assignment_starts_from_its_committed_offset() {
+        let consumer = Arc::new(ConsumerShared::new("t".to_owned()));
+        let p = PartitionShared::new(3, Some(100), consumer);
+        let mut t = lock(&p.tracker);
+        let slot = t.hand_out(100); // a batch re-read by the lookback
+        t.ack(slot);
+        assert_eq!(t.to_commit(), None, "re-read messages commit nothing new");
+        assert_eq!(*p.outstanding.borrow(), 0);
+        assert!(!p.revoked.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn commit_errors_are_counted() {
+        let consumer = ConsumerShared::new("t".to_owned());
+        consumer.count_commit_error();
+        consumer.count_commit_error();
+        assert_eq!(consumer.stats().commit_errors, 2);
+        assert_eq!(consumer.stats().commits, 0);
+    }
+}

@@ -119,3 +119,106 @@ impl StatsHandle {
         self.0.stats()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::PartitionShared;
+    use super::*;
+
+    #[test]
+    fn a_committed_offset_is_recorded_only_when_it_moves_forward() {
+        let mut c = BTreeMap::new();
+        assert!(record_newer(&mut c, 0, 10));
+        assert!(
+            !record_newer(&mut c, 0, 10),
+            "the same offset again is no commit"
+        );
+        assert!(
+            !record_newer(&mut c, 0, 4),
+            "an older offset does not go back"
+        );
+        assert_eq!(c[&0], 10);
+        assert!(record_newer(&mut c, 0, 11));
+        assert!(
+            record_newer(&mut c, 3, 0),
+            "a first commit at offset 0 counts"
+        );
+        assert_eq!(c, BTreeMap::from([(0, 11), (3, 0)]));
+    }
+
+    #[test]
+    fn commits_are_counted_once_per_forward_move() {
+        let shared = ConsumerShared::new("t".to_owned());
+        shared.record_commit(1, 5);
+        shared.record_commit(1, 5); // a sync commit and its callback report the same offset
+        shared.record_commit(1, 3);
+        shared.record_commit(2, 7);
+        let s = shared.stats();
+        assert_eq!(s.commits, 2);
+        assert_eq!(s.committed, BTreeMap::from([(1, 5), (2, 7)]));
+    }
+
+    #[test]
+    fn offsets_found_at_assignment_never_lower_what_is_known() {
+        let mut known = BTreeMap::from([(0, 50), (1, 5)]);
+        merge_committed(&mut known, &BTreeMap::from([(0, 40), (1, 9), (2, 1)]));
+        assert_eq!(known, BTreeMap::from([(0, 50), (1, 9), (2, 1)]));
+    }
+
+    #[test]
+    fn the_taken_offset_only_moves_forward() {
+        let mut taken = BTreeMap::new();
+        advance_taken(&mut taken, 4, 12);
+        advance_taken(&mut taken, 4, 8); // a lookback batch after a newer one
+        assert_eq!(taken[&4], 12);
+        advance_taken(&mut taken, 4, 13);
+        assert_eq!(taken, BTreeMap::from([(4, 13)]));
+    }
+
+    #[test]
+    fn the_snapshot_reports_every_counter_map_and_flag() {
+        let shared = Arc::new(ConsumerShared::new("t".to_owned()));
+        let c = &shared.counters;
+        for (n, a) in [
+            &c.messages,
+            &c.replayed,
+            &c.malformed,
+            &c.batches,
+            &c.commits,
+            &c.commit_errors,
+            &c.rebalances,
+            &c.pauses,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            a.fetch_add(n as u64 + 1, Ordering::Relaxed);
+        }
+        for p in [7, 2] {
+            let part = Arc::new(PartitionShared::new(p, None, shared.clone()));
+            lock(&shared.assigned).insert(p, part);
+        }
+        lock(&shared.taken).insert(2, 30);
+        lock(&shared.committed).insert(2, 20);
+        let s = StatsHandle(shared.clone()).get();
+        assert_eq!(
+            s,
+            ConsumerStats {
+                messages: 1,
+                replayed: 2,
+                malformed: 3,
+                batches: 4,
+                commits: 5,
+                commit_errors: 6,
+                rebalances: 7,
+                pauses: 8,
+                assigned: vec![2, 7],
+                committed: BTreeMap::from([(2, 20)]),
+                taken: BTreeMap::from([(2, 30)]),
+                closed: false,
+            }
+        );
+        shared.closed.store(true, Ordering::Release);
+        assert!(shared.stats().closed);
+    }
+}
