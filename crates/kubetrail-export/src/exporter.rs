@@ -45,17 +45,22 @@ impl Default for ExporterConfig {
 }
 
 /// Retries of a batch after a [retryable](ExportError::Retryable) error: exponential backoff
-/// with jitter, never sooner than the receiver's `Retry-After`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// with jitter, never sooner than the receiver's `Retry-After`. The `export.retry:` section
+/// of the config file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct RetryPolicy {
     /// The first delay. Default 100 ms.
+    #[serde(with = "humantime_serde")]
     pub initial_backoff: Duration,
     /// The delay stops doubling here. Default 10 s.
+    #[serde(with = "humantime_serde")]
     pub max_backoff: Duration,
     /// `None` (default): retry forever — no silent loss; a receiver that stays down stops
     /// the pipeline through backpressure. `Some(d)`: give up on a batch once the next attempt
     /// would start more than `d` after the first, then drop it (logged, counted, and reported
     /// to its submitters).
+    #[serde(with = "humantime_serde")]
     pub max_elapsed: Option<Duration>,
 }
 

@@ -18,6 +18,9 @@
 //!   [`OtlpJsonFileSink`] (one OTLP/JSON request per line, the OpenTelemetry Collector file
 //!   exporter's format), [`TreeSink`] (a human-readable tree in the terminal), [`HtmlReportSink`] (one
 //!   self-contained HTML page of Gantt timelines, for people without Jaeger).
+//! * [`ExportConfig`]: the `export:` section of the config file (the main OTLP destination,
+//!   a list of more sinks, batching, retries, the start-up health check), which
+//!   [builds](ExportConfig::build_sinks) the sinks.
 //! * [`Exporter`]: the delivery task every run mode shares. It coalesces submissions into
 //!   batches, delivers each batch to every sink, retries what is retryable with exponential
 //!   backoff (honouring `Retry-After`), and applies backpressure through a bounded queue, so a
@@ -37,6 +40,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+mod config;
 mod convert;
 mod error;
 mod exporter;
@@ -47,6 +51,10 @@ mod otlp;
 mod sink;
 mod tree;
 
+pub use config::{
+    BatchConfig, ExportConfig, FileSinkConfig, OtlpSinkConfig, RunKind, SinkConfig,
+    SinkConfigError, SinkFlags, spawn_health_check,
+};
 pub use convert::{SCOPE_NAME, to_export_request};
 pub use error::{ExportError, error_chain};
 pub use exporter::{

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use kubetrail_model::{SpanRecord, parse_rfc3339_nanos};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTracePartialSuccess, ExportTraceServiceResponse,
+    ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use prost::Message;
 use tonic::codec::CompressionEncoding;
@@ -69,6 +69,14 @@ impl FromStr for OtlpProtocol {
             "http" | "http/protobuf" => Ok(OtlpProtocol::Http),
             _ => Err(ParseProtocolError(s.to_owned())),
         }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for OtlpProtocol {
+    /// `grpc`, `http` or `http/protobuf` (any case), as [`FromStr`].
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -256,13 +264,16 @@ fn http_transport(endpoint: &str, config: &OtlpConfig) -> Result<Transport, Expo
     })
 }
 
-#[async_trait::async_trait]
-impl SpanSink for OtlpSink {
-    async fn export(&mut self, batch: &[SpanRecord]) -> Result<(), ExportError> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let request = to_export_request(batch);
+impl OtlpSink {
+    /// Sends an export request without spans: checks that the endpoint is reachable and
+    /// takes OTLP — its address, path, protocol and credentials — without sending data. What
+    /// the start-up health check ([`crate::ExportConfig::health_check`]) calls; the errors are
+    /// those of [`export`](SpanSink::export).
+    pub async fn check(&mut self) -> Result<(), ExportError> {
+        self.send(ExportTraceServiceRequest::default()).await
+    }
+
+    async fn send(&mut self, request: ExportTraceServiceRequest) -> Result<(), ExportError> {
         match &mut self.transport {
             Transport::Grpc {
                 client,
@@ -281,6 +292,16 @@ impl SpanSink for OtlpSink {
                 export_http(client, url, *gzip, body).await
             }
         }
+    }
+}
+
+#[async_trait::async_trait]
+impl SpanSink for OtlpSink {
+    async fn export(&mut self, batch: &[SpanRecord]) -> Result<(), ExportError> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        self.send(to_export_request(batch)).await
     }
 
     /// Nothing to do: every successful [`export`](SpanSink::export) was acknowledged by the

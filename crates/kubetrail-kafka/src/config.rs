@@ -200,6 +200,11 @@ impl KafkaConfig {
         if self.max_batch_events == 0 {
             return bad("kafka.max_batch_events must be at least 1");
         }
+        // 0 would pause every partition on the first round and resume it on the next (nothing
+        // waits), over and over, throwing away what librdkafka had fetched each time.
+        if self.max_buffered_bytes == 0 {
+            return bad("kafka.max_buffered_bytes must be at least 1");
+        }
         if self.repartition && self.family_topic_name() == self.topic {
             return bad("kafka.family_topic must differ from kafka.topic");
         }
@@ -378,6 +383,12 @@ mod tests {
         assert_eq!(direct.family_topic_name(), "f");
         let same: KafkaConfig = serde_yaml::from_str("topic: a\nfamily_topic: a").unwrap();
         assert!(same.validate().is_err());
+        let unbuffered = KafkaConfig {
+            max_buffered_bytes: 0,
+            ..KafkaConfig::default()
+        };
+        let e = unbuffered.validate().unwrap_err().to_string();
+        assert!(e.contains("kafka.max_buffered_bytes"), "{e}");
         // The derived stages are valid whatever the family topic is called.
         let named: KafkaConfig = serde_yaml::from_str("topic: a\nfamily_topic: fam").unwrap();
         for derived in [

@@ -6,8 +6,15 @@
 //!   only once every message of the batch was acknowledged by the brokers.
 //! * [`KafkaConsumer`] implements [`AuditConsumer`](kubetrail_queue::AuditConsumer) over every
 //!   partition the group assigns it.
-//! * [`PartitionedWorker`] (on [`PartitionedConsumer`]) runs one pipeline per assigned
-//!   partition — what `consume` should use.
+//! * [`KafkaPartitionedConsumer`] implements
+//!   [`PartitionedConsumer`](kubetrail_queue::PartitionedConsumer): each assigned partition
+//!   is a consumer of its own, on which `kubetrail_worker::PartitionedWorker` runs one
+//!   pipeline per partition — what `consume` uses.
+//!
+//! The crate is only a queue backend: it moves batches in and out of Kafka. What runs the
+//! pipelines lives in `kubetrail-worker`; the one stage here that looks into events is the
+//! [`Repartitioner`], which links them (`kubetrail-link` through the pipeline's
+//! `FamilyRouter`) to choose their family's partition.
 //!
 //! # Message format (version 1)
 //!
@@ -41,7 +48,7 @@
 //! republishes every event into the family topic ([`KafkaConfig::family_topic_name`]) keyed by
 //! [`family_key`]: `cluster/namespace` for a family rooted in a namespace, `cluster/` for every
 //! family whose root is (or may be) cluster-scoped, and for cluster-scoped objects. The
-//! pipelines ([`PartitionedWorker`] on [`KafkaConfig::pipeline_stage`]) read the family
+//! pipelines (`PartitionedWorker` on [`KafkaConfig::pipeline_stage`]) read the family
 //! topic, so each sees whole families, however many namespaces they span. Values, headers
 //! (the source too: the watermark orders per API server after the shuffle) and message
 //! timestamps are kept; input offsets are committed once the family topic acknowledged the
@@ -70,8 +77,8 @@
 //! The pipeline's clock is event time: families are emitted once they have been quiet for
 //! `linger` of it. One pipeline fed by several partitions would move its clock with all of
 //! them, so when a family is emitted — and whether later events of it start a new segment
-//! with new ids — would depend on which partitions the process holds. [`PartitionedWorker`]
-//! gives each assigned partition its own [`Worker`](kubetrail_worker::Worker) and
+//! with new ids — would depend on which partitions the process holds. `PartitionedWorker`
+//! gives each assigned partition its own `Worker` and
 //! [`Pipeline`](kubetrail_pipeline::Pipeline): each pipeline sees exactly its partition's
 //! events, in offset order, so N consumers produce the same spans as one, and as a replay of
 //! the same events. The worker's wall-clock tick only moves a partition's clock while that
@@ -157,10 +164,7 @@ pub use message::{
     BODIES_DROPPED_ANNOTATION, FORMAT_VERSION, HEADER_CLUSTER, HEADER_FORMAT, HEADER_RECEIVED_AT,
     HEADER_SOURCE, partition_key,
 };
-pub use partitioned::{
-    PartitionConsumer, PartitionDone, PartitionLease, PartitionedConsumer, PartitionedReport,
-    PartitionedWorker,
-};
+pub use partitioned::{KafkaPartitionedConsumer, PartitionConsumer};
 pub use producer::KafkaProducer;
 pub use route::{Repartitioner, RouteProgress, RouteStats, RouteStatsHandle, family_key};
 
@@ -203,12 +207,6 @@ pub enum Error {
     /// The consumer failed for good.
     #[error("the Kafka consumer failed: {0}")]
     Fatal(String),
-    /// The span exporter stopped: nothing more can be exported (or committed).
-    #[error("a partition worker stopped: {0}")]
-    Exporter(#[source] kubetrail_export::ExporterClosed),
-    /// A partition worker panicked.
-    #[error("a partition worker failed: {0}")]
-    Worker(String),
 }
 
 /// The librdkafka log level that lets through what the `tracing` subscriber would show

@@ -12,9 +12,10 @@ use tokio::task::JoinSet;
 
 use kubetrail_link::LinkerConfig;
 use kubetrail_pipeline::family::{FamilyRouter, Scope};
-use kubetrail_queue::AuditConsumer;
+use kubetrail_queue::{AuditConsumer, PartitionLease, PartitionedConsumer as _};
 
-use crate::{Error, KafkaConfig, KafkaProducer, PartitionLease, PartitionedConsumer, StatsHandle};
+use crate::partitioned::PartitionConsumer;
+use crate::{Error, KafkaConfig, KafkaPartitionedConsumer, KafkaProducer, StatsHandle};
 
 /// The family topic's message key for `scope` in `cluster`: `cluster/namespace` for a family
 /// rooted in a namespace (the key `receive` gives its events, so such a family stays on the
@@ -73,7 +74,7 @@ impl Counters {
 }
 
 /// Whether a [`Repartitioner`] is caught up: it holds partitions and each of them is at its
-/// end with nothing waiting. Cheap to clone; see [`PartitionedWorker::with_upstream`](crate::PartitionedWorker::with_upstream).
+/// end with nothing waiting. Cheap to clone; see [`KafkaPartitionedConsumer::with_upstream`](crate::KafkaPartitionedConsumer::with_upstream).
 #[derive(Debug, Clone, Default)]
 pub struct RouteProgress(Arc<Progress>);
 
@@ -150,7 +151,7 @@ impl RouteStatsHandle {
 /// uncommitted tail is republished after a crash (at least once: the pipelines drop the
 /// repeated deliveries by auditID and stage).
 pub struct Repartitioner {
-    consumer: PartitionedConsumer,
+    consumer: KafkaPartitionedConsumer,
     producer: KafkaProducer,
     link: LinkerConfig,
     counters: Arc<Counters>,
@@ -170,7 +171,7 @@ impl Repartitioner {
     /// `link` must be the pipelines' `link:` settings (the same owners are followed).
     pub fn new(config: &KafkaConfig, link: LinkerConfig) -> Result<Repartitioner, Error> {
         let producer = KafkaProducer::new(&config.family_producer())?;
-        let consumer = PartitionedConsumer::new(&config.route_stage())?;
+        let consumer = KafkaPartitionedConsumer::new(&config.route_stage())?;
         Ok(Repartitioner {
             consumer,
             producer,
@@ -225,7 +226,7 @@ impl Repartitioner {
                 tracing::error!(error = %e, "kafka: a routing task failed");
             }
         }
-        if let Some(reason) = self.consumer.fatal() {
+        if let Some(reason) = self.consumer.failure() {
             return Err(Error::Fatal(reason));
         }
         Ok(self.counters.get())
@@ -233,7 +234,7 @@ impl Repartitioner {
 }
 
 async fn route_partition(
-    lease: PartitionLease,
+    lease: PartitionLease<PartitionConsumer>,
     mut router: FamilyRouter,
     producer: KafkaProducer,
     counters: Arc<Counters>,

@@ -7,9 +7,9 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
-use kubetrail_kafka::{KafkaProducer, PartitionedReport, PartitionedWorker};
+use kubetrail_kafka::{ConsumerStats, KafkaProducer};
 use kubetrail_testkit::{OtlpReceiver, ReceivedSpan};
-use kubetrail_worker::WorkerConfig;
+use kubetrail_worker::{PartitionedError, PartitionedReport, WorkerConfig, WorkerReport};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
@@ -32,14 +32,13 @@ fn worker_config() -> WorkerConfig {
 struct Running {
     stats: kubetrail_kafka::StatsHandle,
     stop: oneshot::Sender<()>,
-    run: JoinHandle<Result<PartitionedReport, kubetrail_kafka::Error>>,
+    run: JoinHandle<Result<PartitionedReport, PartitionedError>>,
     export: JoinHandle<kubetrail_export::ExportReport>,
 }
 
 fn start(cfg: &kubetrail_kafka::KafkaConfig, receiver: &OtlpReceiver) -> Running {
     let (handle, export) = exporter(receiver);
-    let worker = PartitionedWorker::new(cfg, pipeline_config(), handle, worker_config()).unwrap();
-    let stats = worker.stats_handle();
+    let (worker, stats) = partitioned_worker(cfg, pipeline_config(), handle, worker_config());
     let (stop, stopped) = oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
         let _ = stopped.await;
@@ -52,13 +51,23 @@ fn start(cfg: &kubetrail_kafka::KafkaConfig, receiver: &OtlpReceiver) -> Running
     }
 }
 
+/// What a consumer did: its pipelines' reports and its statistics at the end.
+#[derive(Debug)]
+struct Consumed {
+    partitions: Vec<(i32, WorkerReport)>,
+    consumer: ConsumerStats,
+}
+
 /// Stops gracefully; returns once everything it exported was delivered.
-async fn stop(r: Running) -> PartitionedReport {
+async fn stop(r: Running) -> Consumed {
     let _ = r.stop.send(());
     let report = bounded("worker stops", r.run).await.unwrap().unwrap();
     let export = bounded("exporter ends", r.export).await.unwrap();
     assert_eq!(export.spans_dropped, 0);
-    report
+    Consumed {
+        partitions: report.partitions,
+        consumer: r.stats.get(),
+    }
 }
 
 /// Object spans by object identity: the distinct (trace, span, parent) ids each got.
@@ -214,7 +223,7 @@ async fn a_live_consumer_catches_up_on_event_time_then_emits_with_the_wall_clock
     cfg.max_batch_events = 4; // many pauses between batches, in each a tick is due
     let receiver = OtlpReceiver::start().await.unwrap();
     let (handle, export) = exporter(&receiver);
-    let worker = PartitionedWorker::new(
+    let (worker, stats) = partitioned_worker(
         &cfg,
         pipeline_config(),
         handle,
@@ -226,8 +235,7 @@ async fn a_live_consumer_catches_up_on_event_time_then_emits_with_the_wall_clock
                 ..Default::default()
             },
         },
-    )
-    .unwrap();
+    );
     let (stop, stopped) = oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
         let _ = stopped.await;
@@ -238,12 +246,12 @@ async fn a_live_consumer_catches_up_on_event_time_then_emits_with_the_wall_clock
         .unwrap();
     assert_eq!(id_set(&live), id_set(&direct));
     let _ = stop.send(());
-    let report = bounded("worker stops", run).await.unwrap().unwrap();
+    bounded("worker stops", run).await.unwrap().unwrap();
     bounded("exporter ends", export).await.unwrap();
     assert_eq!(
         receiver.spans().len(),
         direct.len(),
         "nothing left to emit at the stop, nothing emitted twice"
     );
-    assert_eq!(report.consumer.messages, evs.len() as u64);
+    assert_eq!(stats.get().messages, evs.len() as u64);
 }

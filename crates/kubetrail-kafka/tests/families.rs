@@ -18,14 +18,13 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use common::*;
 use kubetrail_kafka::{
-    KafkaConfig, KafkaProducer, PartitionedReport, PartitionedWorker, Repartitioner, RouteStats,
-    RouteStatsHandle, StatsHandle,
+    KafkaConfig, KafkaProducer, Repartitioner, RouteStats, RouteStatsHandle, StatsHandle,
 };
 use kubetrail_model::AuditEvent;
 use kubetrail_pipeline::watermark::OrderConfig;
 use kubetrail_queue::{AuditBatch, AuditProducer};
 use kubetrail_testkit::{KafkaBroker, OtlpReceiver, ReceivedSpan};
-use kubetrail_worker::WorkerConfig;
+use kubetrail_worker::{PartitionedError, PartitionedReport, WorkerConfig};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -81,7 +80,7 @@ fn broker_with_topics() -> (KafkaBroker, String) {
 struct Consume {
     stop: watch::Sender<bool>,
     route: JoinHandle<Result<RouteStats, kubetrail_kafka::Error>>,
-    run: JoinHandle<Result<PartitionedReport, kubetrail_kafka::Error>>,
+    run: JoinHandle<Result<PartitionedReport, PartitionedError>>,
     export: JoinHandle<kubetrail_export::ExportReport>,
     routed: RouteStatsHandle,
     route_input: StatsHandle,
@@ -97,14 +96,12 @@ fn consume(cfg: &KafkaConfig, receiver: &OtlpReceiver, order: OrderConfig) -> Co
     let (routed, route_input) = (router.route_stats(), router.stats_handle());
     let route = tokio::spawn(router.run(stopped(rx.clone())));
     let (handle, export) = exporter(receiver);
-    let worker = PartitionedWorker::new(
+    let (worker, pipelines) = partitioned_worker(
         &cfg.pipeline_stage(),
         pipeline_config(),
         handle,
         WorkerConfig { tick: None, order },
-    )
-    .unwrap();
-    let pipelines = worker.stats_handle();
+    );
     let run = tokio::spawn(worker.run(stopped(rx)));
     Consume {
         stop,
@@ -289,7 +286,7 @@ async fn a_cluster_scoped_owners_family_across_namespaces_is_one_trace_as_in_rep
     };
     let control = OtlpReceiver::start().await.unwrap();
     let (handle, export) = exporter(&control);
-    let worker = PartitionedWorker::new(
+    let (worker, s) = partitioned_worker(
         &direct_cfg.pipeline_stage(),
         pipeline_config(),
         handle,
@@ -297,9 +294,7 @@ async fn a_cluster_scoped_owners_family_across_namespaces_is_one_trace_as_in_rep
             tick: None,
             order: OrderConfig::default(),
         },
-    )
-    .unwrap();
-    let s = worker.stats_handle();
+    );
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let run = tokio::spawn(worker.run(async {
         let _ = rx.await;

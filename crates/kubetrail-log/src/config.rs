@@ -66,3 +66,35 @@ impl LogConfig {
         self.segment_bytes.min(self.disk_bytes / 16).max(64 << 10)
     }
 }
+
+/// `queue:` in the config file: the queue between the webhook and the worker of `serve` —
+/// the embedded queue's bounds (also `replay`'s, in front of its pipeline) and, with `dir`,
+/// this crate's durable log in front of it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// Capacity of the embedded queue, in events (queued or being processed).
+    pub events: usize,
+    /// Capacity of the embedded queue in bytes (an estimate of the memory its events hold:
+    /// bodies, strings, a fixed cost per event). A few huge events fill it long before
+    /// `events` is reached.
+    pub bytes: usize,
+    /// `serve`: the durable log's directory (ARCHITECTURE.md "The durable log"). Every
+    /// accepted batch is on disk there before the API server gets 200, and is processed
+    /// again after a crash. Absent: in memory only — what was accepted but not yet exported
+    /// is lost on a crash (`kill -9`, OOM kill, node failure).
+    pub dir: Option<std::path::PathBuf>,
+    /// The durable log's fsync policy, disk budget, segment size and retention.
+    pub durable: LogConfig,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        QueueConfig {
+            events: 100_000,
+            bytes: 512 << 20,
+            dir: None,
+            durable: LogConfig::default(),
+        }
+    }
+}

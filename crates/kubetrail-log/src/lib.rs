@@ -55,7 +55,7 @@ use kubetrail_queue::{
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
-pub use config::{FsyncPolicy, LogConfig};
+pub use config::{FsyncPolicy, LogConfig, QueueConfig};
 
 /// Why the log could not be opened.
 #[derive(Debug, thiserror::Error)]

@@ -217,6 +217,76 @@ pub trait AuditConsumer: Send {
     }
 }
 
+/// A consumer that hands out each partition it is assigned as a consumer of its own, so
+/// that one pipeline can run per partition (see `kubetrail_worker::PartitionedWorker`).
+///
+/// A partition's events are a stream in their own order (a Kafka partition's offsets): a
+/// pipeline fed by exactly one partition moves its event-time clock with that partition
+/// alone, so which families it emits when — and which ids they get — does not depend on
+/// which other partitions the process holds. Assignments come and go (a rebalance): every
+/// assignment is a [`PartitionLease`], whose consumer ends when the partition is taken
+/// away, and whose [`PartitionDone`] tells the queue that everything received from it was
+/// processed, so that the partition can be handed over.
+#[async_trait::async_trait]
+pub trait PartitionedConsumer: Send {
+    /// The consumer of one assigned partition.
+    type Partition: AuditConsumer + 'static;
+
+    /// The next newly assigned partition; `None` once the consumer has closed.
+    async fn next_partition(&mut self) -> Option<PartitionLease<Self::Partition>>;
+
+    /// Starts closing: every partition's consumer ends (their leases should be finished),
+    /// then [`next_partition`](Self::next_partition) returns `None`.
+    fn begin_close(&self);
+
+    /// Why the consumer failed for good, if it did (checked once it has closed).
+    fn failure(&self) -> Option<String>;
+
+    /// What is consumed, for logs and spans (a Kafka topic).
+    fn source(&self) -> &str;
+}
+
+/// One assignment of one partition: its consumer, and what to do once that ended.
+pub struct PartitionLease<C> {
+    /// The partition.
+    pub partition: i32,
+    /// Its batches, in order; ends when the partition is revoked or the consumer closes.
+    pub consumer: C,
+    /// Finish it once the consumer ended and its pipeline was finished.
+    pub done: PartitionDone,
+}
+
+impl<C> std::fmt::Debug for PartitionLease<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartitionLease")
+            .field("partition", &self.partition)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The end of a [`PartitionLease`]: a future that waits until the queue may hand the
+/// partition over (what was received from it is acknowledged or dropped). Dropping it
+/// without [`finish`](Self::finish) lets the partition go at once.
+pub struct PartitionDone(std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>);
+
+impl PartitionDone {
+    /// The end of a lease, as `finish` runs it.
+    pub fn new(finish: impl std::future::Future<Output = ()> + Send + 'static) -> Self {
+        PartitionDone(Box::pin(finish))
+    }
+
+    /// Waits as the queue asks (a bounded time), then lets the partition go.
+    pub async fn finish(self) {
+        self.0.await;
+    }
+}
+
+impl std::fmt::Debug for PartitionDone {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PartitionDone")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Ack;

@@ -72,6 +72,7 @@
 
 mod auth;
 mod budget;
+mod config;
 mod handler;
 mod metrics;
 mod server;
@@ -81,6 +82,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use config::{ServerConfig, TlsFiles};
 pub use handler::{AuditResponse, RejectedItem};
 pub use metrics::{describe_metrics, install_prometheus};
 pub use server::Receiver;

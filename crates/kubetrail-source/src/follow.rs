@@ -29,6 +29,7 @@ use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,46 @@ pub struct Position {
     pub offset: u64,
     /// Lines consumed (so malformed lines keep their numbers after a restart).
     pub line: u64,
+}
+
+/// `follow:` in the config file: audit log files followed as they are written (`kubetrail
+/// follow`, and inside `serve` and `receive`). The command builds one [`Tailer`] per path.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FollowConfig {
+    /// The live log files (kube-apiserver's `--audit-log-path`), one per API server. Empty:
+    /// no file is followed.
+    pub paths: Vec<PathBuf>,
+    /// Where the positions are kept across restarts (a small JSON file, written atomically).
+    /// Without it, every start begins at `start_at`.
+    pub state_file: Option<PathBuf>,
+    /// How often a log that had nothing new is looked at again (new lines, rotation,
+    /// truncation).
+    #[serde(with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// How often the state file is rewritten while running.
+    #[serde(with = "humantime_serde")]
+    pub state_interval: Duration,
+    /// Where a log without a saved position is read from: `beginning` (of the live file) or
+    /// `end`.
+    pub start_at: StartAt,
+    /// Event time re-read after a crash to rebuild open families (default: the window plus
+    /// the linger; 0 towards Kafka, whose consumers do their own lookback).
+    #[serde(with = "humantime_serde")]
+    pub lookback: Option<Duration>,
+}
+
+impl Default for FollowConfig {
+    fn default() -> Self {
+        FollowConfig {
+            paths: Vec::new(),
+            state_file: None,
+            poll_interval: Duration::from_millis(200),
+            state_interval: Duration::from_secs(1),
+            start_at: StartAt::Beginning,
+            lookback: None,
+        }
+    }
 }
 
 /// Where a log is read from when there is no saved position.

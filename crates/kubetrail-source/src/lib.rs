@@ -35,3 +35,22 @@ pub use reader::{
 };
 
 pub use kubetrail_model::AuditEvent;
+
+/// `source:` in the config file: how audit files are read (`replay`, `timeline`, and the
+/// files `serve`/`receive`/`follow` read).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Longest record (a line, or a pretty-printed document) read from an audit file; longer
+    /// ones are skipped without being held in memory and counted as malformed. Default
+    /// [`DEFAULT_MAX_RECORD_BYTES`].
+    pub max_record_bytes: usize,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            max_record_bytes: DEFAULT_MAX_RECORD_BYTES,
+        }
+    }
+}

@@ -31,6 +31,9 @@ pub fn merge_key(e: &AuditEvent) -> Option<(UnixNanos, &str, Stage)> {
 pub struct ChainReader {
     files: VecDeque<String>,
     current: Option<EventReader>,
+    /// `replay_input{file}` of the file being read: entered while it is read, so whatever is
+    /// logged meanwhile (by the decoder, the framer, a gzip stream) names the file.
+    span: tracing::Span,
     progress: Arc<AtomicU64>,
     done_bytes: Arc<AtomicU64>,
     max_record_bytes: usize,
@@ -42,6 +45,7 @@ impl ChainReader {
         ChainReader {
             files: chain.files.iter().cloned().collect(),
             current: None,
+            span: tracing::Span::none(),
             progress: Arc::new(AtomicU64::new(0)),
             done_bytes: Arc::new(AtomicU64::new(0)),
             max_record_bytes: crate::DEFAULT_MAX_RECORD_BYTES,
@@ -67,22 +71,29 @@ impl Iterator for ChainReader {
     fn next(&mut self) -> Option<Record> {
         loop {
             if let Some(r) = self.current.as_mut() {
-                match r.next() {
+                let next = self.span.in_scope(|| r.next());
+                match next {
                     Some(rec) => return Some(rec),
                     None => {
-                        self.done_bytes
-                            .fetch_add(self.progress.load(Ordering::Relaxed), Ordering::Relaxed);
+                        let bytes = self.progress.load(Ordering::Relaxed);
+                        self.span
+                            .in_scope(|| tracing::debug!(bytes, "replay input read to its end"));
+                        self.done_bytes.fetch_add(bytes, Ordering::Relaxed);
                         self.progress = Arc::new(AtomicU64::new(0));
                         self.current = None;
+                        self.span = tracing::Span::none();
                     }
                 }
             }
             let name = self.files.pop_front()?;
-            match EventReader::open(&name) {
+            // At warn level, so that the default filter keeps the context of what it logs.
+            let span = tracing::warn_span!("replay_input", file = %name);
+            match span.in_scope(|| EventReader::open(&name)) {
                 Ok(r) => {
                     let r = r.with_max_record_bytes(self.max_record_bytes);
                     self.progress = r.progress();
                     self.current = Some(r);
+                    self.span = span;
                 }
                 Err(e) => return Some(Err(e)),
             }

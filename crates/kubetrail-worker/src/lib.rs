@@ -23,6 +23,8 @@
 
 mod metric_names;
 pub use metric_names::describe_metrics;
+mod partitioned;
+pub use partitioned::{PartitionedError, PartitionedReport, PartitionedWorker};
 
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;

@@ -20,64 +20,23 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
-use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
 use kubetrail_export::Exporter;
 use kubetrail_pipeline::Pipeline;
 use kubetrail_queue::{Ack, AuditBatch, AuditConsumer, AuditProducer, PublishError, Received};
 use kubetrail_source::follow::state::{LogState, STATE_VERSION, StateFile, Tracker};
-use kubetrail_source::follow::{StartAt, Tailer};
+use kubetrail_source::follow::{FollowConfig, StartAt, Tailer};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::FollowArgs;
-use crate::config::{Config, JsonFileMode, export_sinks};
+use crate::config::{Config, export_sinks};
 use crate::replay::effective_config;
 use crate::serve::shutdown_signal;
 
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Batches in flight between the followers and the worker (each at most ~1 MiB of lines).
 const CHANNEL_BATCHES: usize = 64;
-
-/// `follow:` in the config file: audit log files followed as they are written (`follow`,
-/// and inside `serve` and `receive`).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FollowSection {
-    /// The live log files (kube-apiserver's `--audit-log-path`), one per API server. Empty:
-    /// no file is followed.
-    pub paths: Vec<PathBuf>,
-    /// Where the positions are kept across restarts (a small JSON file, written atomically).
-    /// Without it, every start begins at `start_at`.
-    pub state_file: Option<PathBuf>,
-    /// How often a log that had nothing new is looked at again (new lines, rotation,
-    /// truncation).
-    #[serde(with = "humantime_serde")]
-    pub poll_interval: Duration,
-    /// How often the state file is rewritten while running.
-    #[serde(with = "humantime_serde")]
-    pub state_interval: Duration,
-    /// Where a log without a saved position is read from: `beginning` (of the live file) or
-    /// `end`.
-    pub start_at: StartAt,
-    /// Event time re-read after a crash to rebuild open families (default: the window plus
-    /// the linger; 0 towards Kafka, whose consumers do their own lookback).
-    #[serde(with = "humantime_serde")]
-    pub lookback: Option<Duration>,
-}
-
-impl Default for FollowSection {
-    fn default() -> Self {
-        FollowSection {
-            paths: Vec::new(),
-            state_file: None,
-            poll_interval: Duration::from_millis(200),
-            state_interval: Duration::from_secs(1),
-            start_at: StartAt::Beginning,
-            lookback: None,
-        }
-    }
-}
 
 /// Where followed batches go.
 #[derive(Clone)]
@@ -209,7 +168,7 @@ impl Followers {
     /// file), else from `section.start_at`. Returns the followers and, for
     /// [`Downstream::Worker`], nothing else: the caller owns the channel's receiver.
     pub(crate) fn start(
-        section: &FollowSection,
+        section: &FollowConfig,
         cluster: &str,
         downstream: Downstream,
         lookback: Duration,
@@ -706,7 +665,7 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         p.otlp_endpoint.as_deref(),
         p.otlp_protocol,
         args.otlp_json.as_deref(),
-        JsonFileMode::Append,
+        kubetrail_export::RunKind::LongRunning,
     )?;
     if sinks.is_empty() {
         anyhow::bail!(

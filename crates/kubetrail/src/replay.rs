@@ -20,7 +20,7 @@ use kubetrail_source::merge::{ChainReader, Record, TimeMerge};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::{PipelineArgs, ReplayArgs, ReportArgs};
-use crate::config::{Config, DEFAULT_CLUSTER, JsonFileMode, export_sinks};
+use crate::config::{Config, DEFAULT_CLUSTER, export_sinks};
 
 /// Events per batch published into the queue.
 const BATCH_EVENTS: usize = 1024;
@@ -99,7 +99,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
             p.otlp_endpoint.as_deref(),
             p.otlp_protocol,
             args.otlp_json.as_deref(),
-            JsonFileMode::Create,
+            kubetrail_export::RunKind::Finite,
         )?;
         if args.tree {
             let color = std::io::stdout().is_terminal();

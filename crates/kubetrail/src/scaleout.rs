@@ -8,14 +8,14 @@ use std::time::Duration;
 use anyhow::Context;
 use kubetrail_export::{Exporter, SpanSink};
 use kubetrail_kafka::{
-    KafkaConfig, KafkaProducer, PartitionedWorker, Repartitioner, minimum_lookback,
+    KafkaConfig, KafkaPartitionedConsumer, KafkaProducer, Repartitioner, minimum_lookback,
 };
 use kubetrail_queue::AuditProducer;
 use kubetrail_receiver::Receiver;
-use kubetrail_worker::WorkerConfig;
+use kubetrail_worker::{PartitionedWorker, WorkerConfig};
 
 use crate::cli::{ConsumeArgs, KafkaArgs, PipelineArgs, ReceiveArgs};
-use crate::config::{Config, DEFAULT_CLUSTER, JsonFileMode, export_sinks};
+use crate::config::{Config, DEFAULT_CLUSTER, export_sinks};
 use crate::replay::effective_config;
 use crate::serve::{receiver_config, shutdown_signal};
 
@@ -198,11 +198,12 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
         None
     };
     let kafka = kafka.pipeline_stage();
-    let mut worker = PartitionedWorker::new(&kafka, pipeline, exporter, worker_config)
-        .context("cannot join the Kafka consumer group")?;
+    let mut consumer =
+        KafkaPartitionedConsumer::new(&kafka).context("cannot join the Kafka consumer group")?;
     if let Some(p) = progress {
-        worker = worker.with_upstream(p);
+        consumer = consumer.with_upstream(p);
     }
+    let worker = PartitionedWorker::new(consumer, pipeline, exporter, worker_config);
     if let Some(addr) = args.metrics_listen.or(cfg.server.listen) {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
@@ -277,7 +278,7 @@ fn consume_sinks(cfg: &Config, args: &ConsumeArgs) -> anyhow::Result<Vec<Box<dyn
         p.otlp_endpoint.as_deref(),
         p.otlp_protocol,
         args.otlp_json.as_deref(),
-        JsonFileMode::Append,
+        kubetrail_export::RunKind::LongRunning,
     )?;
     if sinks.is_empty() {
         anyhow::bail!(

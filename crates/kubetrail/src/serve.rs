@@ -8,11 +8,11 @@ use anyhow::Context;
 use kubetrail_export::{Exporter, ExporterHandle};
 use kubetrail_pipeline::Pipeline;
 use kubetrail_queue::AuditProducer;
-use kubetrail_receiver::{JaegerLink, Receiver, ReceiverConfig, TlsConfig};
+use kubetrail_receiver::{Receiver, ReceiverConfig};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::{ServeArgs, WebhookArgs};
-use crate::config::{Config, JsonFileMode, export_sinks};
+use crate::config::{Config, export_sinks};
 use crate::replay::effective_config;
 
 /// The queue between the webhook and the worker.
@@ -31,74 +31,25 @@ enum Queue {
     ),
 }
 
-/// Default listen address: loopback, so that a bare `kubetrail serve` is never exposed.
-pub(crate) const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
-const DEFAULT_EXPORT_FAILURE_THRESHOLD: Duration = Duration::from_secs(30);
 
-/// The webhook settings: flags over environment over config file over defaults.
+/// The webhook settings: flags over environment over config file (`server:`) over defaults.
 pub(crate) fn receiver_config(
     args: &WebhookArgs,
     cfg: &Config,
     cluster: &str,
 ) -> anyhow::Result<ReceiverConfig> {
-    let s = &cfg.server;
-    let mut rc = ReceiverConfig {
-        default_cluster: cluster.to_owned(),
-        insecure: args.insecure || s.insecure,
-        ..ReceiverConfig::default()
-    };
-    rc.listen = match args.listen.or(s.listen) {
-        Some(a) => a,
-        None => DEFAULT_LISTEN.parse().context("default listen address")?,
-    };
-    let tls = s.tls.clone().unwrap_or_default();
-    let cert = args.tls_cert.clone().or(tls.cert);
-    let key = args.tls_key.clone().or(tls.key);
-    rc.tls = match (cert, key) {
-        (Some(cert), Some(key)) => Some(TlsConfig {
-            cert,
-            key,
-            client_ca: args.client_ca.clone().or(tls.client_ca),
-        }),
-        (None, None) => {
-            if args.client_ca.is_some() || tls.client_ca.is_some() {
-                anyhow::bail!("a client CA needs TLS: give --tls-cert and --tls-key too");
-            }
-            None
-        }
-        _ => anyhow::bail!(
-            "TLS needs both a certificate and a key (server.tls.cert and server.tls.key)"
-        ),
-    };
-    rc.token_file = args.token_file.clone().or(s.token_file.clone());
-    if let Some(v) = s.max_body_bytes {
-        rc.max_body_bytes = v;
-    }
-    if let Some(v) = s.max_batch_items {
-        rc.max_batch_items = v;
-    }
-    if let Some(v) = s.max_connections {
-        rc.max_connections = v;
-    }
-    if let Some(v) = s.max_inflight_bytes {
-        rc.max_inflight_bytes = v;
-    }
-    if let Some(v) = s.header_read_timeout {
-        rc.header_read_timeout = v;
-    }
-    if let Some(v) = s.body_read_timeout {
-        rc.body_read_timeout = v;
-    }
-    rc.jaeger = args
-        .jaeger_url
-        .clone()
-        .or(s.jaeger_url.clone())
-        .map(|url| JaegerLink {
-            url,
-            window: cfg.aggregate.window,
-        });
-    Ok(rc)
+    let mut server = cfg.server.clone();
+    server.listen = args.listen.or(server.listen);
+    let mut tls = server.tls.take().unwrap_or_default();
+    tls.cert = args.tls_cert.clone().or(tls.cert);
+    tls.key = args.tls_key.clone().or(tls.key);
+    tls.client_ca = args.client_ca.clone().or(tls.client_ca);
+    server.tls = Some(tls);
+    server.token_file = args.token_file.clone().or(server.token_file);
+    server.insecure |= args.insecure;
+    server.jaeger_url = args.jaeger_url.clone().or(server.jaeger_url);
+    Ok(server.build(cluster, cfg.aggregate.window)?)
 }
 
 /// Readiness of the export side: not ready once deliveries have been failing for longer than
@@ -152,7 +103,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         p.otlp_endpoint.as_deref(),
         p.otlp_protocol,
         args.otlp_json.as_deref(),
-        JsonFileMode::Append,
+        kubetrail_export::RunKind::LongRunning,
     )?;
     if sinks.is_empty() {
         anyhow::bail!(
@@ -224,10 +175,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
             )
         }
     };
-    let threshold = cfg
-        .server
-        .export_failure_threshold
-        .unwrap_or(DEFAULT_EXPORT_FAILURE_THRESHOLD);
+    let threshold = cfg.server.export_failure_threshold;
     let rc = receiver_config(&args.webhook, &cfg, &cluster)?;
     let bound = Receiver::bind(
         rc,

@@ -84,7 +84,8 @@ pub(crate) enum Routing {
 /// acknowledged batches of a partition; dropping an `Ack` without `done` leaves its messages
 /// to be read again by the partition's next owner.
 ///
-/// With more than one partition, prefer [`PartitionedWorker`](crate::PartitionedWorker):
+/// With more than one partition, prefer [`KafkaPartitionedConsumer`](crate::KafkaPartitionedConsumer)
+/// under `kubetrail_worker::PartitionedWorker`:
 /// one pipeline over several partitions has a clock that depends on which partitions it
 /// holds (see the crate documentation).
 pub struct KafkaConsumer {

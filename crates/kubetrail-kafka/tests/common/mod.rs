@@ -11,10 +11,11 @@ use std::time::{Duration, Instant};
 use kubetrail_export::{
     ExportReport, Exporter, ExporterConfig, ExporterHandle, OtlpConfig, OtlpProtocol, OtlpSink,
 };
-use kubetrail_kafka::{KafkaConfig, KafkaProducer, StatsHandle};
+use kubetrail_kafka::{KafkaConfig, KafkaPartitionedConsumer, KafkaProducer, StatsHandle};
 use kubetrail_model::AuditEvent;
 use kubetrail_queue::{AuditBatch, AuditProducer};
 use kubetrail_testkit::{KafkaBroker, OtlpReceiver, ReceivedSpan};
+use kubetrail_worker::{PartitionedWorker, WorkerConfig};
 use tokio::task::JoinHandle;
 
 /// SPAN_KIND_INTERNAL: object spans.
@@ -204,4 +205,21 @@ pub async fn bounded<T>(what: &str, f: impl Future<Output = T>) -> T {
     tokio::time::timeout(DEADLINE, f)
         .await
         .unwrap_or_else(|_| panic!("timed out after {DEADLINE:?}: {what}"))
+}
+
+/// A `consume`-like pipeline stage: one pipeline per partition of `cfg`'s topic, exporting
+/// through `exporter`; with a handle to its consumer's statistics.
+#[allow(dead_code)] // not every test binary runs pipelines
+pub fn partitioned_worker(
+    cfg: &KafkaConfig,
+    pipeline: kubetrail_pipeline::PipelineConfig,
+    exporter: ExporterHandle,
+    worker: WorkerConfig,
+) -> (PartitionedWorker<KafkaPartitionedConsumer>, StatsHandle) {
+    let consumer = KafkaPartitionedConsumer::new(cfg).unwrap();
+    let stats = consumer.stats_handle();
+    (
+        PartitionedWorker::new(consumer, pipeline, exporter, worker),
+        stats,
+    )
 }
