@@ -21,8 +21,8 @@ const BUFFER_BYTES: usize = 256 << 10;
 /// acknowledged — `follow`, `serve` — has still written it), and [`finish`](SpanSink::finish)
 /// flushes and, for a file, fsyncs. Standard output stays buffered until `finish`.
 /// I/O errors are [permanent](ExportError::Permanent) (the batch is dropped and counted, not
-/// retried into a full disk or a closed pipe); after one, the file may end with a partial
-/// line, which readers of this format skip.
+/// retried into a full disk or a closed pipe); after one (or a crash mid-write), the file may
+/// end with a partial line, which [`append`](Self::append) cuts before it writes more.
 pub struct OtlpJsonFileSink {
     out: Output,
     target: PathBuf,
@@ -71,13 +71,24 @@ impl OtlpJsonFileSink {
         }
         let mut options = OpenOptions::new();
         if append {
-            options.append(true).create(true);
+            // (Read too: a torn last line is found and cut before appending.)
+            options.append(true).create(true).read(true);
         } else {
             options.write(true).create(true).truncate(true);
         }
         let file = options
             .open(path)
             .map_err(|e| io_error("cannot open", path, &e))?;
+        if append {
+            let cut = cut_torn_line(&file).map_err(|e| io_error("cannot read", path, &e))?;
+            if cut > 0 {
+                tracing::warn!(
+                    path = %path.display(),
+                    bytes = cut,
+                    "cut a partial last line from the OTLP/JSON file (a process was stopped mid-write); its spans were not acknowledged and are written again"
+                );
+            }
+        }
         Ok(OtlpJsonFileSink {
             out: Output::File(BufWriter::with_capacity(
                 BUFFER_BYTES,
@@ -86,6 +97,39 @@ impl OtlpJsonFileSink {
             target: path.to_owned(),
         })
     }
+}
+
+/// Truncates `file` after its last newline when it ends in the middle of a line (a process
+/// killed while writing one: that line's export never returned, so its spans are written
+/// again); returns the bytes cut. Without this, the next line appended would be glued to
+/// the torn one and a reader would lose both.
+fn cut_torn_line(file: &std::fs::File) -> io::Result<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    const CHUNK: u64 = 64 << 10;
+    let len = file.metadata()?.len();
+    let mut reader = file;
+    let mut end = len;
+    let mut buf = vec![0u8; CHUNK as usize];
+    while end > 0 {
+        let start = end.saturating_sub(CHUNK);
+        let n = (end - start) as usize;
+        reader.seek(SeekFrom::Start(start))?;
+        reader.read_exact(&mut buf[..n])?;
+        if let Some(i) = buf[..n].iter().rposition(|b| *b == b'\n') {
+            let keep = start + i as u64 + 1;
+            if keep == len {
+                return Ok(0);
+            }
+            file.set_len(keep)?;
+            return Ok(len - keep);
+        }
+        end = start;
+    }
+    // Not a single complete line.
+    if len > 0 {
+        file.set_len(0)?;
+    }
+    Ok(len)
 }
 
 fn io_error(what: &str, path: &Path, e: &io::Error) -> ExportError {
@@ -250,6 +294,37 @@ mod tests {
                 .count(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn append_cuts_a_line_torn_by_a_crash_before_it_writes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("out.jsonl");
+        let mut sink = OtlpJsonFileSink::create(&path).expect("create");
+        sink.export(&family()).await.expect("export");
+        sink.finish().await.expect("finish");
+        let whole = std::fs::read(&path).expect("read");
+        // A killed writer left the start of a long line (longer than the scan's chunk).
+        let mut torn = whole.clone();
+        torn.extend(std::iter::repeat_n(b'{', 200_000));
+        std::fs::write(&path, &torn).expect("write");
+        let mut sink = OtlpJsonFileSink::append(&path).expect("append");
+        sink.export(&family()).await.expect("export");
+        sink.finish().await.expect("finish");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.lines().count(), 2, "the torn line is gone");
+        for line in text.lines() {
+            serde_json::from_str::<serde_json::Value>(line).expect("every line parses");
+        }
+        // Nothing but a partial line: the file starts over.
+        std::fs::write(&path, b"{\"resourceSpans\":[").expect("write");
+        let sink = OtlpJsonFileSink::append(&path).expect("append");
+        drop(sink);
+        assert_eq!(std::fs::read(&path).expect("read").len(), 0);
+        // A file that ends with its newline is left as it is.
+        std::fs::write(&path, &whole).expect("write");
+        drop(OtlpJsonFileSink::append(&path).expect("append"));
+        assert_eq!(std::fs::read(&path).expect("read"), whole);
     }
 
     #[test]
