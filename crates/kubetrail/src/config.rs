@@ -116,6 +116,20 @@ pub fn export_sinks(
         .context("cannot set up the span sinks")
 }
 
+/// `sinks`, unless it is empty: then the error every command gives, naming the flags this
+/// one accepts (`accepted`, e.g. "--otlp-endpoint or --otlp-json").
+pub fn require_sinks(
+    sinks: Vec<Box<dyn kubetrail_export::SpanSink>>,
+    accepted: &str,
+) -> anyhow::Result<Vec<Box<dyn kubetrail_export::SpanSink>>> {
+    if sinks.is_empty() {
+        anyhow::bail!(
+            "nothing to send spans to: give {accepted} (or export.otlp / export.sinks in --config)"
+        );
+    }
+    Ok(sinks)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -519,33 +519,6 @@ pub(crate) fn consumer(
     FollowConsumer { rx, caught_up }
 }
 
-fn serve_metrics(
-    addr: std::net::SocketAddr,
-    render: impl Fn() -> String + Clone + Send + Sync + 'static,
-) -> anyhow::Result<()> {
-    let std_listener =
-        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
-    std_listener.set_nonblocking(true)?;
-    let listener = tokio::net::TcpListener::from_std(std_listener)?;
-    let local = listener.local_addr()?;
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            axum::routing::get(move || std::future::ready(render())),
-        )
-        .route(
-            "/healthz",
-            axum::routing::get(|| std::future::ready("ok\n")),
-        );
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!(error = %e, "metrics endpoint failed");
-        }
-    });
-    eprintln!("kubetrail follow: metrics on http://{local}/metrics");
-    Ok(())
-}
-
 /// `kubetrail follow`.
 pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
     let shutdown = shutdown_signal()?;
@@ -570,7 +543,7 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
     expect_sources(&mut cfg);
     let metrics = crate::telemetry::install_metrics()?;
     if let Some(addr) = args.metrics_listen {
-        serve_metrics(addr, move || metrics.render())?;
+        crate::telemetry::serve_metrics("follow", addr, move || metrics.render())?;
     }
     let deadline = args
         .shutdown_timeout
@@ -667,11 +640,8 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         args.otlp_json.as_deref(),
         kubetrail_export::RunKind::LongRunning,
     )?;
-    if sinks.is_empty() {
-        anyhow::bail!(
-            "nothing to send spans to: give --otlp-endpoint, --otlp-json or --kafka-brokers (or export.otlp in --config)"
-        );
-    }
+    let sinks =
+        crate::config::require_sinks(sinks, "--otlp-endpoint, --otlp-json or --kafka-brokers")?;
     let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
     let (tx, rx) = worker_channel();
     let (mut followers, caught_up) = Followers::start(

@@ -111,12 +111,7 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         if let Some(path) = &args.report.html {
             sinks.push(Box::new(html_sink(path, &args.report, &args.files, cfg)?));
         }
-        if sinks.is_empty() {
-            anyhow::bail!(
-                "nothing to send spans to: give --otlp-endpoint, --otlp-json, --tree or --html (or export.otlp in --config)"
-            );
-        }
-        Ok(sinks)
+        crate::config::require_sinks(sinks, "--otlp-endpoint, --otlp-json, --tree or --html")
     };
     let read = ReadOrder {
         sequential: args.sequential,

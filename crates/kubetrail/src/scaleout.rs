@@ -205,24 +205,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
     }
     let worker = PartitionedWorker::new(consumer, pipeline, exporter, worker_config);
     if let Some(addr) = args.metrics_listen.or(cfg.server.listen) {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen on {addr}"))?;
-        let app = axum::Router::new()
-            .route(
-                "/metrics",
-                axum::routing::get(move || std::future::ready(metrics.render())),
-            )
-            .route(
-                "/healthz",
-                axum::routing::get(|| std::future::ready("ok\n")),
-            );
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, app).await {
-                tracing::error!(error = %e, "metrics endpoint failed");
-            }
-        });
-        eprintln!("kubetrail consume: metrics on http://{addr}/metrics");
+        crate::telemetry::serve_metrics("consume", addr, move || metrics.render())?;
     }
     eprintln!(
         "kubetrail consume: joined group {} on topic {} at {}",
@@ -280,10 +263,5 @@ fn consume_sinks(cfg: &Config, args: &ConsumeArgs) -> anyhow::Result<Vec<Box<dyn
         args.otlp_json.as_deref(),
         kubetrail_export::RunKind::LongRunning,
     )?;
-    if sinks.is_empty() {
-        anyhow::bail!(
-            "nothing to send spans to: give --otlp-endpoint or --otlp-json (or export.otlp in --config)"
-        );
-    }
-    Ok(sinks)
+    crate::config::require_sinks(sinks, "--otlp-endpoint or --otlp-json")
 }

@@ -105,11 +105,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
         args.otlp_json.as_deref(),
         kubetrail_export::RunKind::LongRunning,
     )?;
-    if sinks.is_empty() {
-        anyhow::bail!(
-            "nothing to send spans to: give --otlp-endpoint or --otlp-json (or export.otlp in --config)"
-        );
-    }
+    let sinks = crate::config::require_sinks(sinks, "--otlp-endpoint or --otlp-json")?;
     let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
 
     let queue_events = args.queue_events.unwrap_or(cfg.queue.events);

@@ -97,3 +97,35 @@ fn describe_own_metrics() {
         "Request or response bodies redacted whole (not parseable) before audit events were produced to Kafka."
     );
 }
+
+/// Serves `GET /metrics` (what `render` returns: the Prometheus text) and `GET /healthz` on
+/// `addr`, for the commands without a webhook of their own (`follow`, `consume`); `command`
+/// names the command in the line that says where.
+pub(crate) fn serve_metrics(
+    command: &str,
+    addr: std::net::SocketAddr,
+    render: impl Fn() -> String + Clone + Send + Sync + 'static,
+) -> anyhow::Result<std::net::SocketAddr> {
+    use anyhow::Context as _;
+    let std_listener =
+        std::net::TcpListener::bind(addr).with_context(|| format!("cannot listen on {addr}"))?;
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(std_listener)?;
+    let local = listener.local_addr()?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            axum::routing::get(move || std::future::ready(render())),
+        )
+        .route(
+            "/healthz",
+            axum::routing::get(|| std::future::ready("ok\n")),
+        );
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics endpoint failed");
+        }
+    });
+    eprintln!("kubetrail {command}: metrics on http://{local}/metrics");
+    Ok(local)
+}
