@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::task::JoinSet;
 
 use kubetrail_link::LinkerConfig;
 use kubetrail_pipeline::family::{FamilyRouter, Scope};
-use kubetrail_queue::{AuditConsumer, PartitionLease, PartitionedConsumer as _};
+use kubetrail_queue::{AuditConsumer, PartitionLease, PartitionedConsumer as _, run_partitions};
 
 use crate::partitioned::PartitionConsumer;
 use crate::{Error, KafkaConfig, KafkaPartitionedConsumer, KafkaProducer, StatsHandle};
@@ -199,33 +198,20 @@ impl Repartitioner {
     /// Routes assigned partitions until `stop` resolves, then closes gracefully: what was
     /// republished is committed and the group left.
     pub async fn run(mut self, stop: impl Future<Output = ()>) -> Result<RouteStats, Error> {
-        let mut tasks: JoinSet<()> = JoinSet::new();
-        let mut stopping = false;
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                () = &mut stop, if !stopping => {
-                    stopping = true;
-                    self.consumer.begin_close();
-                }
-                lease = self.consumer.next_partition() => {
-                    let Some(lease) = lease else { break };
-                    let router = FamilyRouter::new(self.link.clone());
-                    let progress = LeaseProgress::new(self.progress.clone());
-                    tasks.spawn(route_partition(lease, router, self.producer.clone(), self.counters.clone(), progress));
-                }
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Err(e) = joined {
-                        tracing::error!(error = %e, "kafka: a routing task failed");
-                    }
-                }
-            }
-        }
-        while let Some(joined) = tasks.join_next().await {
+        let (link, producer, counters, progress) =
+            (&self.link, &self.producer, &self.counters, &self.progress);
+        let start = |lease| {
+            let router = FamilyRouter::new(link.clone());
+            let progress = LeaseProgress::new(progress.clone());
+            route_partition(lease, router, producer.clone(), counters.clone(), progress)
+        };
+        let ended = |joined: Result<(), tokio::task::JoinError>| {
             if let Err(e) = joined {
                 tracing::error!(error = %e, "kafka: a routing task failed");
             }
-        }
+            std::ops::ControlFlow::Continue(())
+        };
+        run_partitions(&mut self.consumer, stop, start, ended).await;
         if let Some(reason) = self.consumer.failure() {
             return Err(Error::Fatal(reason));
         }

@@ -246,6 +246,51 @@ pub trait PartitionedConsumer: Send {
     fn source(&self) -> &str;
 }
 
+/// The loop of every per-partition stage: `start` runs each newly assigned partition's lease
+/// as a task; `ended` hears how each task ended and may ask to stop
+/// ([`ControlFlow::Break`](std::ops::ControlFlow::Break)). Once `stop` resolves or `ended`
+/// asks, the consumer is closed ([`PartitionedConsumer::begin_close`]); the loop returns
+/// when the consumer has handed out its last lease and every task ended (each reported to
+/// `ended`).
+///
+/// `kubetrail_worker::PartitionedWorker` runs a pipeline per partition with it; Kafka's
+/// routing stage republishes per partition with it.
+pub async fn run_partitions<P, T, F>(
+    consumer: &mut P,
+    stop: impl std::future::Future<Output = ()>,
+    mut start: impl FnMut(PartitionLease<P::Partition>) -> F,
+    mut ended: impl FnMut(Result<T, tokio::task::JoinError>) -> std::ops::ControlFlow<()>,
+) where
+    P: PartitionedConsumer,
+    F: std::future::Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stopping = false;
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop, if !stopping => {
+                stopping = true;
+                consumer.begin_close();
+            }
+            lease = consumer.next_partition() => {
+                let Some(lease) = lease else { break };
+                tasks.spawn(start(lease));
+            }
+            Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
+                if ended(joined).is_break() && !stopping {
+                    stopping = true;
+                    consumer.begin_close();
+                }
+            }
+        }
+    }
+    while let Some(joined) = tasks.join_next().await {
+        let _ = ended(joined);
+    }
+}
+
 /// One assignment of one partition: its consumer, and what to do once that ended.
 pub struct PartitionLease<C> {
     /// The partition.

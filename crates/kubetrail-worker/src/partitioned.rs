@@ -9,13 +9,13 @@
 //! them.
 
 use std::future::Future;
+use std::ops::ControlFlow;
 
-use tokio::task::JoinSet;
 use tracing::Instrument as _;
 
 use kubetrail_export::{ExporterClosed, ExporterHandle};
 use kubetrail_pipeline::{Pipeline, PipelineConfig};
-use kubetrail_queue::{PartitionLease, PartitionedConsumer};
+use kubetrail_queue::{PartitionLease, PartitionedConsumer, run_partitions};
 
 use crate::{Worker, WorkerConfig, WorkerReport};
 
@@ -94,39 +94,44 @@ impl<P: PartitionedConsumer> PartitionedWorker<P> {
         mut self,
         stop: impl Future<Output = ()>,
     ) -> Result<PartitionedReport, PartitionedError> {
-        type Joined = (i32, Result<WorkerReport, ExporterClosed>);
-        let mut tasks: JoinSet<Joined> = JoinSet::new();
         let mut report = PartitionedReport::default();
         let mut failure: Option<PartitionedError> = None;
-        let mut stopping = false;
-        tokio::pin!(stop);
-        loop {
-            tokio::select! {
-                () = &mut stop, if !stopping => {
-                    stopping = true;
-                    self.consumer.begin_close();
-                }
-                lease = self.consumer.next_partition() => {
-                    let Some(lease) = lease else { break };
-                    self.spawn(&mut tasks, lease);
-                }
-                Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
-                    if let Some(e) = record(&mut report, joined) && failure.is_none() {
-                        failure = Some(e);
-                        stopping = true;
-                        self.consumer.begin_close();
-                    }
-                }
+        let source = self.consumer.source().to_owned();
+        let (pipeline, exporter, config) = (&self.pipeline, &self.exporter, &self.worker);
+        let start = |lease: PartitionLease<P::Partition>| {
+            let PartitionLease {
+                partition,
+                consumer,
+                done,
+            } = lease;
+            let worker = Worker::new(
+                consumer,
+                Pipeline::new(pipeline.clone()),
+                exporter.clone(),
+                config.clone(),
+            )
+            .gauge_partition(partition);
+            // What the partition's worker logs carries its source and partition (at warn
+            // level, so that the default filter keeps the context).
+            let span = tracing::warn_span!("partition_worker", topic = %source, partition);
+            async move {
+                let result = worker.run(std::future::pending()).await;
+                done.finish().await;
+                (partition, result)
             }
-        }
-        while let Some(joined) = tasks.join_next().await {
-            if let Some(e) = record(&mut report, joined) {
+            .instrument(span)
+        };
+        let ended = |joined| match record(&mut report, joined) {
+            Some(e) => {
                 failure.get_or_insert(e);
+                ControlFlow::Break(())
             }
-        }
+            None => ControlFlow::Continue(()),
+        };
+        run_partitions(&mut self.consumer, stop, start, ended).await;
         if let Some(reason) = self.consumer.failure() {
             return Err(PartitionedError::Consumer {
-                source_name: self.consumer.source().to_owned(),
+                source_name: source,
                 reason,
             });
         }
@@ -134,38 +139,6 @@ impl<P: PartitionedConsumer> PartitionedWorker<P> {
             Some(e) => Err(e),
             None => Ok(report),
         }
-    }
-
-    fn spawn(
-        &self,
-        tasks: &mut JoinSet<(i32, Result<WorkerReport, ExporterClosed>)>,
-        lease: PartitionLease<P::Partition>,
-    ) {
-        let PartitionLease {
-            partition,
-            consumer,
-            done,
-        } = lease;
-        let pipeline = Pipeline::new(self.pipeline.clone());
-        let worker = Worker::new(
-            consumer,
-            pipeline,
-            self.exporter.clone(),
-            self.worker.clone(),
-        )
-        .gauge_partition(partition);
-        // What the partition's worker logs carries its source and partition (at warn level,
-        // so that the default filter keeps the context).
-        let span =
-            tracing::warn_span!("partition_worker", topic = %self.consumer.source(), partition);
-        tasks.spawn(
-            async move {
-                let result = worker.run(std::future::pending()).await;
-                done.finish().await;
-                (partition, result)
-            }
-            .instrument(span),
-        );
     }
 }
 
