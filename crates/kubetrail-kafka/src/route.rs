@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-
 use kubetrail_link::LinkerConfig;
 use kubetrail_pipeline::family::{FamilyRouter, Scope};
 use kubetrail_queue::{AuditConsumer, PartitionLease, PartitionedConsumer as _, run_partitions};
