@@ -107,6 +107,17 @@ pub(crate) fn decode_document(bytes: &[u8]) -> Document {
         skipped: Vec::new(),
     };
     let trimmed = text.trim_start();
+    // The common case first: one audit event, as kube-apiserver writes them (`"kind":"Event"`,
+    // valid UTF-8) — one parse instead of a look at the shape and then the parse. Anything
+    // else (a list, a cloud envelope, a broken event) takes the shape dispatch below.
+    if trimmed.starts_with('{')
+        && bad_utf8.is_empty()
+        && let Ok(e) = serde_json::from_str::<AuditEvent>(text)
+        && e.kind.as_deref() == Some("Event")
+    {
+        doc.events.push(e);
+        return doc;
+    }
     // Shape dispatch. A new input format is one more arm here.
     let items: Vec<&str> = if trimmed.starts_with('{') {
         match serde_json::from_str::<RawList<'_>>(text) {

@@ -136,9 +136,45 @@ impl Framer {
         self.oversize = false;
     }
 
+    /// Keeps `bytes` (none of them a newline) as the per-byte path would, one by one.
+    fn keep_run(&mut self, bytes: &[u8]) {
+        if self.oversize {
+            return;
+        }
+        if self.doc.len() + bytes.len() > self.max {
+            // The per-byte path would pass the limit within this run.
+            self.oversize = true;
+            self.doc = Vec::new();
+            return;
+        }
+        self.doc.extend_from_slice(bytes);
+    }
+
     /// Feeds a chunk; complete records are appended to `out`.
     pub(crate) fn feed(&mut self, chunk: &[u8], out: &mut Vec<Frame>) {
-        for &b in chunk {
+        let mut i = 0;
+        while i < chunk.len() {
+            // Fast path: the plain content of a string (most of an audit event's bytes), or
+            // the rest of a garbage line, up to the next byte that can change the state.
+            // Such a run holds no newline, so the line count and column are as the per-byte
+            // path would leave them (col0 false after any byte that is not a newline).
+            let rest = &chunk[i..];
+            let run = match self.state {
+                State::Json if self.in_string && !self.escape => rest
+                    .iter()
+                    .position(|&c| matches!(c, b'"' | b'\\' | b'\n'))
+                    .unwrap_or(rest.len()),
+                State::Garbage => rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len()),
+                _ => 0,
+            };
+            if run > 0 {
+                self.keep_run(&rest[..run]);
+                self.col0 = false;
+                i += run;
+                continue;
+            }
+            let b = chunk[i];
+            i += 1;
             let col0 = self.col0;
             self.col0 = b == b'\n';
             match self.state {
@@ -242,6 +278,45 @@ mod tests {
         }
         f.end(&mut out);
         out
+    }
+
+    /// The same text fed in chunks of `size` bytes (the runs of the fast path then span many
+    /// bytes, and chunk ends fall anywhere).
+    fn frames_in_chunks(text: &str, max: usize, size: usize) -> Vec<Frame> {
+        let mut f = Framer::new(max);
+        let mut out = Vec::new();
+        for chunk in text.as_bytes().chunks(size) {
+            f.feed(chunk, &mut out);
+        }
+        f.end(&mut out);
+        out
+    }
+
+    #[test]
+    fn chunks_of_any_size_give_the_frames_of_a_byte_by_byte_feed() {
+        let exact = format!("{{\"x\":\"{}\"}}", "y".repeat(42)); // 50 bytes
+        let over = format!("{{\"x\":\"{}\"}}", "y".repeat(43)); // 51 bytes
+        let texts = [
+            "{\"a\":1}\n\n{\n  \"b\": [1, {\"c\": \"}]\\\"\"}]\n}\n[{\"d\":1},\n{\"e\":2}]\n".to_owned(),
+            "garbage line\n{\"cut\":{\"x\":1\n{\"ok\":1}\n{\"s\":\"unterminated\n{\"ok\":2}\n{\"open\":".to_owned(),
+            "{\"esc\":\"a\\\\\\\"b\\\\\",\"u\":\"\\u00e9 long string with spaces and {braces} [and] \\\"quotes\\\"\"}\nmore garbage".to_owned(),
+            format!("{exact}\n{over}\n{{\"ok\":1}}\n"),
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/rollout.audit.log"))
+                .expect("the example dump"),
+        ];
+        for text in &texts {
+            // The small texts against a 50-byte limit (exact fits, one more byte does not).
+            let max = if text.len() > 10_000 { 1 << 20 } else { 50 };
+            let want = frames(text, max);
+            for size in [2, 3, 7, 64, 4096, text.len().max(1)] {
+                assert_eq!(
+                    frames_in_chunks(text, max, size),
+                    want,
+                    "chunks of {size} bytes of {:?}…",
+                    &text[..text.len().min(40)]
+                );
+            }
+        }
     }
 
     fn doc(line: u64, text: &str) -> Frame {
