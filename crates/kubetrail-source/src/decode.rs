@@ -89,6 +89,14 @@ fn offset_in(whole: &str, part: &str) -> usize {
     (part.as_ptr() as usize).saturating_sub(whole.as_ptr() as usize)
 }
 
+/// Whether the first bytes of a document say it is a list (`EventList`, or an `items` key).
+/// Only a hint for the fast path: a miss costs one parse, never a wrong result.
+fn names_a_list(doc: &[u8]) -> bool {
+    let head = &doc[..doc.len().min(160)];
+    let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
+    has(b"List\"") || has(b"\"items\"")
+}
+
 /// Decodes one JSON document: an event, an `EventList` (or any object with `items`), or an
 /// array of events.
 pub(crate) fn decode_document(bytes: &[u8]) -> Document {
@@ -109,9 +117,12 @@ pub(crate) fn decode_document(bytes: &[u8]) -> Document {
     let trimmed = text.trim_start();
     // The common case first: one audit event, as kube-apiserver writes them (`"kind":"Event"`,
     // valid UTF-8) — one parse instead of a look at the shape and then the parse. Anything
-    // else (a list, a cloud envelope, a broken event) takes the shape dispatch below.
+    // else (a list, a cloud envelope, a broken event) takes the shape dispatch below. A list
+    // names itself in its first bytes (`{"kind":"EventList",…`, as the webhook sends them): it
+    // skips the attempt, which would scan the whole list only to fail.
     if trimmed.starts_with('{')
         && bad_utf8.is_empty()
+        && !names_a_list(trimmed.as_bytes())
         && let Ok(e) = serde_json::from_str::<AuditEvent>(text)
         && e.kind.as_deref() == Some("Event")
     {
