@@ -11,7 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Version, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{MethodRouter, get, post};
 use axum::{Json, Router};
 use http_body_util::BodyExt as _;
 use kubetrail_model::AuditEvent;
@@ -95,12 +95,12 @@ type Shared = Arc<AppState>;
 /// The router; every request must carry a [`ConnInfo`] extension (the server adds it).
 pub(crate) fn router(state: Shared) -> Router {
     Router::new()
-        .route("/audit", post(audit_default))
-        .route("/audit/{cluster}", post(audit_cluster))
-        .route("/firehose", post(firehose_default))
-        .route("/firehose/{cluster}", post(firehose_cluster))
-        .route("/pubsub", post(pubsub_default))
-        .route("/pubsub/{cluster}", post(pubsub_cluster))
+        .route("/audit", push(Format::EventList))
+        .route("/audit/{cluster}", push(Format::EventList))
+        .route("/firehose", push(Format::Firehose))
+        .route("/firehose/{cluster}", push(Format::Firehose))
+        .route("/pubsub", push(Format::PubSub))
+        .route("/pubsub/{cluster}", push(Format::PubSub))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
@@ -260,49 +260,19 @@ enum Format {
     PubSub,
 }
 
-/// `POST /audit`: a batch of the default cluster. See [`audit`].
-async fn audit_default(State(s): State<Shared>, req: Request) -> Response {
-    let cluster = s.default_cluster.clone();
-    audit(s, cluster, req, Format::EventList).await
-}
-
-/// `POST /audit/{cluster}`: a batch of the named cluster. See [`audit`].
-async fn audit_cluster(
-    State(s): State<Shared>,
-    Path(cluster): Path<String>,
-    req: Request,
-) -> Response {
-    audit(s, cluster, req, Format::EventList).await
-}
-
-/// `POST /firehose`: a Firehose delivery for the default cluster. See [`firehose`].
-async fn firehose_default(State(s): State<Shared>, req: Request) -> Response {
-    let cluster = s.default_cluster.clone();
-    firehose(s, cluster, req).await
-}
-
-/// `POST /firehose/{cluster}`: a Firehose delivery for the named cluster.
-async fn firehose_cluster(
-    State(s): State<Shared>,
-    Path(cluster): Path<String>,
-    req: Request,
-) -> Response {
-    firehose(s, cluster, req).await
-}
-
-/// `POST /pubsub`: a Pub/Sub push message for the default cluster.
-async fn pubsub_default(State(s): State<Shared>, req: Request) -> Response {
-    let cluster = s.default_cluster.clone();
-    audit(s, cluster, req, Format::PubSub).await
-}
-
-/// `POST /pubsub/{cluster}`: a Pub/Sub push message for the named cluster.
-async fn pubsub_cluster(
-    State(s): State<Shared>,
-    Path(cluster): Path<String>,
-    req: Request,
-) -> Response {
-    audit(s, cluster, req, Format::PubSub).await
+/// `POST /{endpoint}` and `POST /{endpoint}/{cluster}` for one push format: the batch
+/// belongs to the named cluster, or to the default one. See [`audit`] (and [`firehose`] for
+/// the answer Firehose wants).
+fn push(format: Format) -> MethodRouter<Shared> {
+    post(
+        move |State(s): State<Shared>, cluster: Option<Path<String>>, req: Request| async move {
+            let cluster = cluster.map_or_else(|| s.default_cluster.clone(), |Path(c)| c);
+            match format {
+                Format::Firehose => firehose(s, cluster, req).await,
+                Format::EventList | Format::PubSub => audit(s, cluster, req, format).await,
+            }
+        },
+    )
 }
 
 /// The answer body Firehose's HTTP endpoint delivery specification asks for: the request id
