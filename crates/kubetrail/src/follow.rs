@@ -668,16 +668,10 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
     shutdown.await;
     // Stop reading; the worker drains the channel, emits every open family and flushes.
     followers.stop_reading().await;
-    let drained = tokio::time::timeout(deadline, async {
-        let report = worker
-            .await
-            .context("the pipeline worker stopped unexpectedly")?
-            .context("the exporter stopped")?;
-        let export = exporter_task
-            .await
-            .context("the exporter stopped unexpectedly")?;
-        anyhow::Ok((report, export))
-    })
+    let drained = tokio::time::timeout(
+        deadline,
+        crate::finish::finish_pipeline(worker, exporter_task),
+    )
     .await;
     match drained {
         Ok(Ok((report, export))) => {

@@ -7,6 +7,7 @@
 
 mod cli;
 mod config;
+mod finish;
 mod follow;
 mod forward;
 mod replay;

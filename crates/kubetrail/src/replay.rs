@@ -295,16 +295,10 @@ pub(crate) async fn run_files(
     })
     .await
     .context("the replay reader stopped unexpectedly")??;
-    let worker_report = worker
-        .await
-        .context("the pipeline worker stopped unexpectedly")?
-        .context("the exporter stopped")?;
+    let (worker_report, report) = crate::finish::finish_pipeline(worker, exporter).await?;
     outcome.stats = worker_report.pipeline;
     outcome.order = worker_report.order;
     bar.finish_and_clear();
-    let report = exporter
-        .await
-        .context("the exporter stopped unexpectedly")?;
     Ok(FileRun {
         outcome,
         report,
@@ -470,34 +464,32 @@ fn print_summary(command: &str, o: &ReadOutcome, r: &ExportReport, elapsed: Dura
             s.late, o.out_of_order, t.ahead, t.ahead_dropped, t.forced, t.jumps
         );
     }
-    if o.skipped > 0 {
-        eprintln!("  skipped (not Kubernetes audit records): {}", o.skipped);
-        for m in &o.shown_skipped {
-            eprintln!("    {m}");
-        }
-        if o.skipped > o.shown_skipped.len() as u64 {
-            eprintln!(
-                "    … and {} more (--log-level debug lists them all)",
-                o.skipped - o.shown_skipped.len() as u64
-            );
-        }
-    }
-    if o.malformed > 0 {
-        eprintln!("  malformed records skipped: {}", o.malformed);
-        for m in &o.shown {
-            eprintln!("    {m}");
-        }
-        if o.malformed > o.shown.len() as u64 {
-            eprintln!(
-                "    … and {} more (--log-level debug lists them all)",
-                o.malformed - o.shown.len() as u64
-            );
-        }
-    }
+    print_records(
+        "skipped (not Kubernetes audit records)",
+        o.skipped,
+        &o.shown_skipped,
+    );
+    print_records("malformed records skipped", o.malformed, &o.shown);
     for e in &o.read_errors {
         eprintln!("  error: {e}");
     }
     for (sink, e) in &r.finish_errors {
         eprintln!("  error: {sink} could not finish: {e}");
+    }
+}
+
+/// One line of the summary: how many records of a kind, the first few of them, and how many
+/// more were not shown.
+fn print_records(what: &str, count: u64, shown: &[Malformed]) {
+    if count == 0 {
+        return;
+    }
+    eprintln!("  {what}: {count}");
+    for m in shown {
+        eprintln!("    {m}");
+    }
+    let hidden = count.saturating_sub(shown.len() as u64);
+    if hidden > 0 {
+        eprintln!("    … and {hidden} more (--log-level debug lists them all)");
     }
 }

@@ -261,16 +261,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // The queue ends once every producer handle is gone.
     drop(close);
     drop(producer);
-    let drained = tokio::time::timeout(deadline, async {
-        let report = worker
-            .await
-            .context("the pipeline worker stopped unexpectedly")?
-            .context("the exporter stopped")?;
-        let export = exporter_task
-            .await
-            .context("the exporter stopped unexpectedly")?;
-        anyhow::Ok((report, export))
-    })
+    let drained = tokio::time::timeout(
+        deadline,
+        crate::finish::finish_pipeline(worker, exporter_task),
+    )
     .await;
     if let Some(log) = log {
         // Everything exported is recorded; the writer syncs and stops.
