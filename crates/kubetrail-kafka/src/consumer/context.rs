@@ -95,8 +95,6 @@ impl PartitionState {
 pub(super) struct PollerState {
     pub(super) routing: Option<Routing>,
     pub(super) partitions: BTreeMap<i32, PartitionState>,
-    /// The lookback's group-less consumer, created when first needed.
-    pub(super) probe: Option<BaseConsumer<DefaultConsumerContext>>,
     last_error: Option<(String, Instant)>,
 }
 
@@ -105,6 +103,10 @@ pub(crate) struct ConsumerCtx {
     pub(super) config: KafkaConfig,
     pub(super) shared: Arc<ConsumerShared>,
     pub(super) state: Mutex<PollerState>,
+    /// The lookback's group-less consumer, created when first needed. Its own lock, not
+    /// `state`'s: the lookback's broker calls (seconds, at worst) hold it, and the commit
+    /// callback and the batches need `state` meanwhile.
+    pub(super) probe: Mutex<Option<BaseConsumer<DefaultConsumerContext>>>,
 }
 
 impl ClientContext for ConsumerCtx {
@@ -153,9 +155,9 @@ impl ConsumerCtx {
             state: Mutex::new(PollerState {
                 routing: Some(routing),
                 partitions: BTreeMap::new(),
-                probe: None,
                 last_error: None,
             }),
+            probe: Mutex::new(None),
         }
     }
 
@@ -239,8 +241,8 @@ impl ConsumerCtx {
         }
         state.partitions.clear();
         state.routing = None;
-        state.probe = None;
         drop(state);
+        *lock(&self.probe) = None;
         lock(&self.shared.assigned).clear();
     }
 }

@@ -203,22 +203,22 @@ impl ConsumerCtx {
         if c <= low {
             return None;
         }
-        let mut state = lock(&self.state);
-        if state.probe.is_none() {
+        let mut probe = lock(&self.probe);
+        if probe.is_none() {
             match self
                 .config
                 .probe_config()
                 .set_log_level(crate::librdkafka_log_level())
                 .create::<BaseConsumer<DefaultConsumerContext>>()
             {
-                Ok(probe) => state.probe = Some(probe),
+                Ok(created) => *probe = Some(created),
                 Err(e) => {
                     tracing::warn!(error = %e, "kafka: cannot create the lookback probe; no lookback");
                     return None;
                 }
             }
         }
-        let probe = state.probe.as_ref()?;
+        let probe = probe.as_ref()?;
         let Some((_, last_time)) = lookback::read_time(probe, topic, p, c - 1, METADATA_TIMEOUT)
         else {
             tracing::warn!(
