@@ -358,7 +358,9 @@ impl ConsumerCtx {
                 tracing::debug!(offsets = ?sent, "kafka: committed");
             }
             Err(e) => {
-                self.shared.count_commit_error();
+                // Not counted here: librdkafka hands every commit's result, a synchronous
+                // one's too, to the commit callback as well (`offset_commit_cb` is always
+                // set by rdkafka), which counts it once.
                 tracing::warn!(error = %e, offsets = ?sent, "kafka: committing offsets failed");
                 let committed = lock(&self.shared.committed).clone();
                 for p in partitions {
