@@ -11,7 +11,7 @@ use anyhow::Context;
 use serde::Deserialize;
 
 use kubetrail_aggregate::AggregatorConfig;
-use kubetrail_export::{ExporterConfig, OtlpProtocol, RunKind, SinkFlags};
+use kubetrail_export::{ExporterConfig, RunKind, SinkFlags};
 use kubetrail_filter::FilterConfig;
 use kubetrail_link::LinkerConfig;
 use kubetrail_pipeline::{PipelineConfig, RequestConfig};
@@ -98,22 +98,34 @@ impl Config {
 }
 
 /// The sinks a command's flags and config ask for (possibly none): the main OTLP
-/// destination (flags over `export.otlp`), `export.sinks`, then `--otlp-json`.
+/// destination (`--otlp-endpoint`/`--otlp-protocol` over `export.otlp`), `export.sinks`, then
+/// `--otlp-json`.
 pub fn export_sinks(
     cfg: &Config,
-    endpoint: Option<&str>,
-    protocol: Option<OtlpProtocol>,
+    pipeline: &crate::cli::PipelineArgs,
     otlp_json: Option<&Path>,
     run: RunKind,
 ) -> anyhow::Result<Vec<Box<dyn kubetrail_export::SpanSink>>> {
     let flags = SinkFlags {
-        otlp_endpoint: endpoint.map(str::to_owned),
-        otlp_protocol: protocol,
+        otlp_endpoint: pipeline.otlp_endpoint.clone(),
+        otlp_protocol: pipeline.otlp_protocol,
         otlp_json: otlp_json.map(Path::to_path_buf),
     };
     cfg.export
         .build_sinks(&flags, run)
         .context("cannot set up the span sinks")
+}
+
+/// The sinks of a long-running command (`serve`, `follow`, `consume`): as [`export_sinks`],
+/// and at least one ([`require_sinks`], naming the flags in `accepted`).
+pub fn long_running_sinks(
+    cfg: &Config,
+    pipeline: &crate::cli::PipelineArgs,
+    otlp_json: Option<&Path>,
+    accepted: &str,
+) -> anyhow::Result<Vec<Box<dyn kubetrail_export::SpanSink>>> {
+    let sinks = export_sinks(cfg, pipeline, otlp_json, RunKind::LongRunning)?;
+    require_sinks(sinks, accepted)
 }
 
 /// `sinks`, unless it is empty: then the error every command gives, naming the flags this

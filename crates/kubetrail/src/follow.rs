@@ -30,7 +30,7 @@ use kubetrail_source::follow::{FollowConfig, StartAt, Tailer};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::FollowArgs;
-use crate::config::{Config, export_sinks};
+use crate::config::{Config, long_running_sinks};
 use crate::replay::effective_config;
 use crate::serve::shutdown_signal;
 
@@ -632,16 +632,12 @@ pub async fn run(args: FollowArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
 
-    let p = &args.pipeline;
-    let sinks = export_sinks(
+    let sinks = long_running_sinks(
         &cfg,
-        p.otlp_endpoint.as_deref(),
-        p.otlp_protocol,
+        &args.pipeline,
         args.otlp_json.as_deref(),
-        kubetrail_export::RunKind::LongRunning,
+        "--otlp-endpoint, --otlp-json or --kafka-brokers",
     )?;
-    let sinks =
-        crate::config::require_sinks(sinks, "--otlp-endpoint, --otlp-json or --kafka-brokers")?;
     let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
     let (tx, rx) = worker_channel();
     let (mut followers, caught_up) = Followers::start(

@@ -93,11 +93,9 @@ pub async fn run(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--tree and --otlp-json - both write to stdout: give --otlp-json a file");
     }
     let make_sinks = |cfg: &Config| -> anyhow::Result<Vec<Box<dyn SpanSink>>> {
-        let p = &args.pipeline;
         let mut sinks = export_sinks(
             cfg,
-            p.otlp_endpoint.as_deref(),
-            p.otlp_protocol,
+            &args.pipeline,
             args.otlp_json.as_deref(),
             kubetrail_export::RunKind::Finite,
         )?;

@@ -14,8 +14,8 @@ use kubetrail_queue::AuditProducer;
 use kubetrail_receiver::Receiver;
 use kubetrail_worker::{PartitionedWorker, WorkerConfig};
 
-use crate::cli::{ConsumeArgs, KafkaArgs, PipelineArgs, ReceiveArgs};
-use crate::config::{Config, DEFAULT_CLUSTER, export_sinks};
+use crate::cli::{ConsumeArgs, KafkaArgs, ReceiveArgs};
+use crate::config::{Config, DEFAULT_CLUSTER, long_running_sinks};
 use crate::replay::effective_config;
 use crate::serve::{receiver_config, shutdown_signal};
 
@@ -255,13 +255,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn consume_sinks(cfg: &Config, args: &ConsumeArgs) -> anyhow::Result<Vec<Box<dyn SpanSink>>> {
-    let p: &PipelineArgs = &args.pipeline;
-    let sinks = export_sinks(
+    long_running_sinks(
         cfg,
-        p.otlp_endpoint.as_deref(),
-        p.otlp_protocol,
+        &args.pipeline,
         args.otlp_json.as_deref(),
-        kubetrail_export::RunKind::LongRunning,
-    )?;
-    crate::config::require_sinks(sinks, "--otlp-endpoint or --otlp-json")
+        "--otlp-endpoint or --otlp-json",
+    )
 }

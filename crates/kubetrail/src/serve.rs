@@ -12,7 +12,7 @@ use kubetrail_receiver::{Receiver, ReceiverConfig};
 use kubetrail_worker::{Worker, WorkerConfig};
 
 use crate::cli::{ServeArgs, WebhookArgs};
-use crate::config::{Config, export_sinks};
+use crate::config::{Config, long_running_sinks};
 use crate::replay::effective_config;
 
 /// The queue between the webhook and the worker.
@@ -97,15 +97,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     crate::follow::expect_sources(&mut cfg);
     let metrics = crate::telemetry::install_metrics()?;
 
-    let p = &args.pipeline;
-    let sinks = export_sinks(
+    let sinks = long_running_sinks(
         &cfg,
-        p.otlp_endpoint.as_deref(),
-        p.otlp_protocol,
+        &args.pipeline,
         args.otlp_json.as_deref(),
-        kubetrail_export::RunKind::LongRunning,
+        "--otlp-endpoint or --otlp-json",
     )?;
-    let sinks = crate::config::require_sinks(sinks, "--otlp-endpoint or --otlp-json")?;
     let (exporter, exporter_task) = Exporter::spawn(sinks, cfg.exporter());
 
     let queue_events = args.queue_events.unwrap_or(cfg.queue.events);
