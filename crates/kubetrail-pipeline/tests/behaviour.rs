@@ -62,6 +62,56 @@ fn stages_of_one_request_make_one_span() {
     assert_eq!(p.stats().incomplete, 1);
 }
 
+/// A live source's wall clock runs far ahead of a backlog's event time (an API server
+/// catching up, a consumer behind). A wall-clock advance between a request's early stage and
+/// its final one (two webhook batches) must not release the early stage on its own: the
+/// request still makes one complete span, and its final stage is not dropped as a repeat.
+#[test]
+fn a_backlog_request_split_by_a_wall_clock_tick_is_still_one_complete_span() {
+    use kubetrail_model::SpanRecord;
+    let uri = "/api/v1/namespaces/shop/pods/web-1-a";
+    let t0 = "2024-01-01T00:00:00Z";
+    let early = ev("r1", "RequestReceived", "update", uri, POD, "", t0, t0);
+    let done = ev(
+        "r1",
+        "ResponseComplete",
+        "update",
+        uri,
+        POD,
+        "",
+        t0,
+        "2024-01-01T00:00:00.02Z",
+    );
+    let wall = early.start_time().unwrap() + 3_600_000_000_000; // an hour later
+    let mut p = kubetrail_pipeline::Pipeline::new(kubetrail_pipeline::PipelineConfig::default());
+    let mut out: Vec<SpanRecord> = Vec::new();
+    p.advance(wall, &mut out);
+    p.push("c", early, &mut out);
+    p.advance(wall + 1_000_000_000, &mut out); // the tick between the two batches
+    assert!(
+        out.iter().all(|s| s.kind != SpanKind::Request),
+        "the early stage waits for its final one"
+    );
+    p.push("c", done, &mut out);
+    p.finish(&mut out);
+    let reqs: Vec<_> = out.iter().filter(|s| s.kind == SpanKind::Request).collect();
+    assert_eq!(reqs.len(), 1);
+    assert!(reqs[0].attr("kubetrail.audit.incomplete").is_none());
+    assert_eq!(reqs[0].end - reqs[0].start, 20_000_000);
+    let stats = p.stats();
+    assert_eq!((stats.incomplete, stats.duplicates), (0, 0));
+
+    // Held for the whole timeout of wall time with no final stage: released, incomplete.
+    let early = ev("r2", "RequestReceived", "update", uri, POD, "", t0, t0);
+    let mut p = kubetrail_pipeline::Pipeline::new(kubetrail_pipeline::PipelineConfig::default());
+    let mut out: Vec<SpanRecord> = Vec::new();
+    p.advance(wall, &mut out);
+    p.push("c", early, &mut out);
+    p.advance(wall + 301_000_000_000, &mut out);
+    let req = out.iter().find(|s| s.kind == SpanKind::Request).unwrap();
+    assert_eq!(req.attr("kubetrail.audit.incomplete"), Some(&true.into()));
+}
+
 #[test]
 fn pod_under_replicaset_under_deployment_and_families_are_independent() {
     let rs_body = r#","responseObject":{"kind":"ReplicaSet","metadata":{"name":"web-1","namespace":"shop","uid":"rs1","ownerReferences":[{"apiVersion":"apps/v1","kind":"Deployment","name":"web","uid":"d1","controller":true}]}}"#;

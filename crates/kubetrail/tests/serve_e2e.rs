@@ -160,3 +160,47 @@ async fn refuses_an_exposed_unauthenticated_listener_and_bad_flags() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nothing to send spans to"));
 }
+
+/// A backlog (an API server catching up after an outage, events older than the 5-minute
+/// request timeout) sent in webhook batches that split requests between their stages: between
+/// two batches the worker ticks the pipeline with wall time, far ahead of the events' own.
+/// Every request still becomes one complete span (an early stage released on its own would be
+/// marked incomplete, and its final stage, one batch later, dropped as a repeat: a Kubernetes
+/// Event's RequestReceived carries no body to place it by, so its span was lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_older_than_the_request_timeout_loses_no_request_between_batches() {
+    let start = kubetrail_model::now_unix_nanos() - 400_000_000_000;
+    let stream = RolloutScenario {
+        cluster_start: start,
+        ..RolloutScenario::default()
+    }
+    .generate();
+    let otlp = OtlpReceiver::start().await.unwrap();
+    let endpoint = otlp.grpc_endpoint();
+    let (mut child, addr, stderr) =
+        start_serve(&["--otlp-endpoint", &endpoint, "--linger", "1h"]).await;
+    // Batches of 25: many requests' two stages land in different batches.
+    let client = ApiServerClient::new(&format!("http://{addr}/audit/e2e")).with_batch_size(25);
+    let report = client.send_events(&stream.events).await.unwrap();
+    assert!(report.all_delivered(), "{:?}", report.statuses());
+    let status = terminate(&mut child).await;
+    let log = stderr.await.unwrap();
+    assert!(status.success(), "{log}");
+
+    let spans = otlp.spans();
+    let requests: Vec<_> = spans.iter().filter(|s| s.kind != OBJECT_KIND).collect();
+    assert_eq!(
+        requests.len(),
+        stream.truth.mutating_requests + stream.truth.kube_events,
+        "{log}"
+    );
+    let incomplete: Vec<_> = requests
+        .iter()
+        .filter(|s| s.attributes.contains_key("kubetrail.audit.incomplete"))
+        .map(|s| &s.name)
+        .collect();
+    assert!(
+        incomplete.is_empty(),
+        "released without their final stage: {incomplete:?}"
+    );
+}
