@@ -47,7 +47,8 @@ pub struct PipelineConfig {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RequestConfig {
-    /// How long (event time) a request seen only at an early stage waits for its final one.
+    /// How long a request seen only at an early stage waits for its final one, from when it
+    /// arrived (event time; a live source's wall time once caught up).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Completed auditIDs remembered to drop repeated deliveries.
