@@ -750,21 +750,13 @@ impl Tailer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubetrail_testkit::append;
     use std::io::Write;
 
     fn ev(id: &str) -> String {
         format!(
             r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/default/pods/{id}","verb":"create","user":{{"username":"u"}},"objectRef":{{"resource":"pods","namespace":"default","name":"{id}","apiVersion":"v1"}},"stageTimestamp":"2024-07-15T09:00:00.000000Z"}}"#
         )
-    }
-
-    fn append(path: &Path, text: &str) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(text.as_bytes()).unwrap();
     }
 
     /// Polls until nothing is new; the audit IDs and malformed lines read.

@@ -429,16 +429,7 @@ async fn metrics_are_exported() {
         .await
         .unwrap();
     let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| {
-                l.starts_with(&format!("{name}{{"))
-                    && labels
-                        .iter()
-                        .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        kubetrail_testkit::prometheus_value(&text, name, labels)
     };
     let cluster = [("cluster", "metrics-test")];
     assert_eq!(
