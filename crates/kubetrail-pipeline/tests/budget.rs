@@ -147,20 +147,13 @@ fn check_cut(spans: &[SpanRecord], budget: usize, truth: &kubetrail_gen::GroundT
         }
     }
     let seen: HashSet<(TraceId, SpanId)> =
-        kubetrail_testkit::reachable((root.trace_id, root.span_id), |k| {
-            let links = by_id.get(k).into_iter().flat_map(|s| {
+        kubetrail_testkit::reachable((root.trace_id, root.span_id), &children, |k| {
+            by_id.get(k).into_iter().flat_map(|s| {
                 s.links
                     .iter()
                     .map(|l| (l.trace_id, l.span_id))
                     .filter(|t| by_id.contains_key(t))
-            });
-            children
-                .get(k)
-                .into_iter()
-                .flatten()
-                .copied()
-                .chain(links)
-                .collect::<Vec<_>>()
+            })
         });
     let unreached: Vec<&str> = spans
         .iter()
