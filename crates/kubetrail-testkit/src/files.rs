@@ -20,14 +20,26 @@ pub fn append(path: &Path, text: &str) {
         .unwrap_or_else(|e| panic!("syncing {}: {e}", path.display()));
 }
 
+/// Truncates the file at `path` to nothing in place (the same inode), as logrotate's
+/// `copytruncate` does after copying it away. Fails the test on any I/O error.
+pub fn truncate(path: &Path) {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(0))
+        .unwrap_or_else(|e| panic!("truncating {}: {e}", path.display()));
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
-    fn appends_and_creates() {
+    fn appends_creates_and_truncates() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("audit.log");
         super::append(&p, "a\n");
         super::append(&p, "b\n");
         assert_eq!(std::fs::read_to_string(&p).unwrap(), "a\nb\n");
+        super::truncate(&p);
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "");
     }
 }

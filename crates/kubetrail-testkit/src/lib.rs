@@ -27,7 +27,8 @@
 //!   traces back as Jaeger UI does.
 //!
 //! It also holds the small helpers more than one crate's tests need, so that none is copied
-//! from crate to crate (and drifts): [`append`] to an audit log as its writer does,
+//! from crate to crate (and drifts): [`append`] to an audit log as its writer does (and
+//! [`truncate`] it as `copytruncate` does), [`get_text`] to read a page,
 //! [`prometheus_value`] and [`prometheus_sum`] to read a `/metrics` page, [`reachable`] to walk
 //! a family's span graph, [`audit_id_traces`] to find the traces of planted requests, and
 //! [`base64`] to plant a Secret's data.
@@ -43,6 +44,7 @@
 mod encode;
 mod files;
 mod graph;
+mod http;
 mod jaeger;
 mod kafka;
 mod pki;
@@ -54,8 +56,9 @@ mod tools;
 mod webhook;
 
 pub use encode::base64;
-pub use files::append;
+pub use files::{append, truncate};
 pub use graph::reachable;
+pub use http::get_text;
 pub use jaeger::{
     JAEGER_ENV, Jaeger, JaegerLog, JaegerProcess, JaegerQuery, JaegerReference, JaegerSpan,
     JaegerTag, JaegerTrace, TraceQuery, percent_encode,

@@ -417,17 +417,8 @@ async fn metrics_are_exported() {
         400
     );
 
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let text = kubetrail_testkit::get_text(&http, &h.url("/metrics")).await;
     let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
         kubetrail_testkit::prometheus_value(&text, name, labels)
     };
