@@ -109,12 +109,8 @@ fn client(addr: &str) -> ApiServerClient {
 }
 
 async fn metric(addr: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let url = format!("http://{addr}/metrics");
+    let text = common::get_text(&reqwest::Client::new(), &url).await;
     kubetrail_testkit::prometheus_sum(&text, name, &[])
 }
 

@@ -68,14 +68,7 @@ async fn accepted(pki: &Pki, addr: &str) -> u64 {
         .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
-    let text = client
-        .get(format!("https://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = common::get_text(&client, &format!("https://{addr}/metrics")).await;
     kubetrail_testkit::prometheus_sum(
         &text,
         "kubetrail_events_accepted_total",

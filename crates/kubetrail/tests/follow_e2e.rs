@@ -195,12 +195,7 @@ async fn appended_rotated_gzipped_truncated_and_killed_gives_the_replays_spans()
 
     // 5. copytruncate: the file is copied away and truncated in place, then written again.
     std::fs::copy(&log, d.join("audit-2024-07-15T11-00-00.000.log")).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    kubetrail_testkit::truncate(&log);
     append(&log, &part(5, 6));
     wait_delivered(&state, &log, &log, "after the truncation");
 
@@ -418,15 +413,7 @@ async fn serve_with_a_follow_section_exports_the_file_and_its_webhook_traffic() 
     let out = d.join("serve.jsonl");
     append(&log, &lines_of(&web.events).concat());
     let config = d.join("serve.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "follow:\n  paths: [{}]\n  state_file: {}\n  state_interval: 100ms\n  poll_interval: 20ms\n",
-            log.display(),
-            state.display()
-        ),
-    )
-    .unwrap();
+    common::write_follow_config(&config, &log, &state);
     let s = |p: &Path| p.display().to_string();
     let (mut serve, addr, err) = spawn_serve(&[
         "--config",

@@ -131,15 +131,7 @@ async fn receive_with_a_follow_section_produces_the_file_once() {
     let state = d.join("state.json");
     append(&log, &stream.to_json_lines());
     let config = d.join("receive.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "follow:\n  paths: [{}]\n  state_file: {}\n  state_interval: 100ms\n  poll_interval: 20ms\n",
-            log.display(),
-            state.display()
-        ),
-    )
-    .unwrap();
+    common::write_follow_config(&config, &log, &state);
     let s = |p: &Path| p.display().to_string();
     let (mut receive, _, err) =
         common::spawn_receive("e2e", &brokers, "audit", &["--config", &s(&config)]).await;

@@ -47,16 +47,7 @@ async fn ten_thousand_bad_items_write_a_bounded_number_of_log_lines() {
     items.extend((1..ITEMS).map(|i| serde_json::json!({"level": "Metadata", "n": i})));
     let batch = kubetrail_testkit::event_list(&items);
     let http = reqwest::Client::new();
-    let answer = http
-        .post(format!("http://{addr}/audit"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&batch).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
-    let body = answer.text().await.unwrap();
+    let body = common::post_batch_ok(&http, &format!("http://{addr}/audit"), TOKEN, &batch).await;
 
     let metrics = common::get_text(&http, &format!("http://{addr}/metrics")).await;
     let rejected = kubetrail_testkit::prometheus_value(

@@ -124,15 +124,7 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
         "requestReceivedTimestamp": "2024-05-01T10:00:00.000000Z",
         "stageTimestamp": "2024-05-01T10:00:00.004000Z"
     })]);
-    let accepted = http
-        .post(format!("http://{addr}/audit"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&batch).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 200, "{}", accepted.text().await.unwrap());
+    common::post_batch_ok(&http, &format!("http://{addr}/audit"), TOKEN, &batch).await;
 
     // Closed connections give their memory back: the receiver sees them go.
     drop(stalled);

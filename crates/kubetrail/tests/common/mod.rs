@@ -92,6 +92,40 @@ pub fn tls_token_args<'a>(
     ]
 }
 
+/// Writes to `path` a config whose `follow:` section follows `log`, keeping its positions in
+/// `state` and checking often (state every 100 ms, the file every 20 ms), so tests of `serve`
+/// and `receive` with a follower see it work within moments.
+pub fn write_follow_config(path: &std::path::Path, log: &std::path::Path, state: &std::path::Path) {
+    let yaml = format!(
+        "follow:\n  paths: [{}]\n  state_file: {}\n  state_interval: 100ms\n  poll_interval: 20ms\n",
+        log.display(),
+        state.display()
+    );
+    std::fs::write(path, yaml).unwrap();
+}
+
+/// POSTs the EventList `batch` to `url` with the bearer `token`, as kube-apiserver's webhook
+/// does, and fails the test unless the answer is 200; returns the answer's body.
+pub async fn post_batch_ok(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    batch: &serde_json::Value,
+) -> String {
+    let answer = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(batch).unwrap())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = answer.status();
+    let body = answer.text().await.unwrap();
+    assert_eq!(status, 200, "POST {url}: {body}");
+    body
+}
+
 /// Runs `kubetrail ARGS…` to its end (stdin closed, killed should the test end first) and
 /// fails the test, showing the arguments and kubetrail's stderr, unless it exits 0. Returns
 /// its output, for assertions on stdout and stderr.
@@ -322,13 +356,4 @@ pub fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The body of a GET of `url` (a `/metrics` page, a probe), failing the test on any error.
-pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
-    http.get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
+pub use kubetrail_testkit::get_text;
