@@ -5,6 +5,7 @@ mod common;
 use common::*;
 use kubetrail_decorate::{DecorateConfig, Decorator, RedactConfig, Salt, redact_event};
 use kubetrail_model::AuditEvent;
+use kubetrail_testkit::base64;
 use proptest::prelude::*;
 use serde_json::{Value, json};
 

@@ -47,18 +47,9 @@ fn mixed_stream() -> Vec<AuditEvent> {
     all
 }
 
-/// Trace ids of the tenant family's request spans.
+/// Trace ids of the tenant family's request spans (auditIDs `tenant-…`).
 fn tenant_traces(spans: &[ReceivedSpan]) -> BTreeSet<String> {
-    spans
-        .iter()
-        .filter(|s| s.kind == REQUEST_KIND)
-        .filter(|s| {
-            s.attributes
-                .get("kubetrail.audit.id")
-                .is_some_and(|a| a.starts_with("tenant-"))
-        })
-        .map(|s| s.trace_id.clone())
-        .collect()
+    kubetrail_testkit::audit_id_traces(spans, "tenant-")
 }
 
 /// Which of `n` API servers handled an event (all stages of a request on one).

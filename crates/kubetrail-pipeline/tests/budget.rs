@@ -146,22 +146,15 @@ fn check_cut(spans: &[SpanRecord], budget: usize, truth: &kubetrail_gen::GroundT
                 .push((s.trace_id, s.span_id));
         }
     }
-    let mut seen: HashSet<(TraceId, SpanId)> = HashSet::new();
-    let mut stack = vec![(root.trace_id, root.span_id)];
-    while let Some(k) = stack.pop() {
-        if !seen.insert(k) {
-            continue;
-        }
-        stack.extend(children.get(&k).into_iter().flatten().copied());
-        if let Some(s) = by_id.get(&k) {
-            stack.extend(
+    let seen: HashSet<(TraceId, SpanId)> =
+        kubetrail_testkit::reachable((root.trace_id, root.span_id), &children, |k| {
+            by_id.get(k).into_iter().flat_map(|s| {
                 s.links
                     .iter()
                     .map(|l| (l.trace_id, l.span_id))
-                    .filter(|t| by_id.contains_key(t)),
-            );
-        }
-    }
+                    .filter(|t| by_id.contains_key(t))
+            })
+        });
     let unreached: Vec<&str> = spans
         .iter()
         .filter(|s| !seen.contains(&(s.trace_id, s.span_id)))

@@ -750,21 +750,13 @@ impl Tailer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kubetrail_testkit::{append, truncate};
     use std::io::Write;
 
     fn ev(id: &str) -> String {
         format!(
             r#"{{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"{id}","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/default/pods/{id}","verb":"create","user":{{"username":"u"}},"objectRef":{{"resource":"pods","namespace":"default","name":"{id}","apiVersion":"v1"}},"stageTimestamp":"2024-07-15T09:00:00.000000Z"}}"#
         )
-    }
-
-    fn append(path: &Path, text: &str) {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .unwrap();
-        f.write_all(text.as_bytes()).unwrap();
     }
 
     /// Polls until nothing is new; the audit IDs and malformed lines read.
@@ -833,22 +825,12 @@ mod tests {
         append(&log, &format!("{}\n{}\n", ev("1"), ev("2")));
         let mut t = Tailer::resume(&log, None, None, StartAt::Beginning, 1 << 20).unwrap();
         assert_eq!(drain(&mut t).0, ["1", "2"]);
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&log);
         append(&log, &format!("{}\n", ev("3")));
         assert_eq!(drain(&mut t).0, ["3"]);
         assert_eq!(t.stats().truncations, 1);
         // Truncated and written again past the old length before the next look.
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(&log)
-            .unwrap()
-            .set_len(0)
-            .unwrap();
+        truncate(&log);
         append(&log, &format!("{}\n{}\n{}\n", ev("4"), ev("5"), ev("6")));
         assert_eq!(drain(&mut t).0, ["4", "5", "6"]);
         assert_eq!(t.stats().truncations, 2);

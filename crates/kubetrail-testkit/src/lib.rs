@@ -26,6 +26,13 @@
 //!   storage) on free ports, and a client of its HTTP query API that reads
 //!   traces back as Jaeger UI does.
 //!
+//! It also holds the small helpers more than one crate's tests need, so that none is copied
+//! from crate to crate (and drifts): [`append`] to an audit log as its writer does (and
+//! [`truncate`] it as `copytruncate` does), [`get_text`] to read a page,
+//! [`prometheus_value`] and [`prometheus_sum`] to read a `/metrics` page, [`reachable`] to walk
+//! a family's span graph, [`audit_id_traces`] to find the traces of planted requests, and
+//! [`base64`] to plant a Secret's data.
+//!
 //! Jaeger and Kafka are built or fetched by the pinned scripts under
 //! `scripts/` (`install-jaeger.sh`, `install-kafka.sh`) into `.tools/`; the
 //! harnesses run them on first use (once, under a lock).
@@ -34,15 +41,24 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+mod encode;
+mod files;
+mod graph;
+mod http;
 mod jaeger;
 mod kafka;
 mod pki;
 mod proc;
+mod prometheus;
 mod receiver;
 mod span;
 mod tools;
 mod webhook;
 
+pub use encode::base64;
+pub use files::{append, truncate};
+pub use graph::reachable;
+pub use http::get_text;
 pub use jaeger::{
     JAEGER_ENV, Jaeger, JaegerLog, JaegerProcess, JaegerQuery, JaegerReference, JaegerSpan,
     JaegerTag, JaegerTrace, TraceQuery, percent_encode,
@@ -50,10 +66,11 @@ pub use jaeger::{
 pub use kafka::{KAFKA_HOME_ENV, KafkaBroker};
 pub use pki::Pki;
 pub use proc::rss_bytes;
+pub use prometheus::{prometheus_sum, prometheus_value};
 pub use receiver::{OtlpReceiver, ReceivedRequest};
 pub use span::{
     Protocol, ReceivedSpan, SpanIds, any_value_to_json, any_value_to_string, attributes_to_map,
-    flatten, id_set, parse_otlp_json, parse_otlp_json_lines,
+    audit_id_traces, flatten, id_set, parse_otlp_json, parse_otlp_json_lines,
 };
 pub use tools::{audit_sample, workspace_root};
 

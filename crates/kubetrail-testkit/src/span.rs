@@ -239,6 +239,21 @@ pub fn id_set(spans: &[ReceivedSpan]) -> BTreeSet<SpanIds> {
         .collect()
 }
 
+/// The trace ids of the spans whose `kubetrail.audit.id` starts with `prefix`: the traces a
+/// set of planted requests (auditIDs `tenant-…`, say) ended up in. Only request spans carry
+/// an audit ID, so these are the traces of those requests; a family kept whole is one.
+pub fn audit_id_traces(spans: &[ReceivedSpan], prefix: &str) -> BTreeSet<String> {
+    spans
+        .iter()
+        .filter(|s| {
+            s.attributes
+                .get("kubetrail.audit.id")
+                .is_some_and(|a| a.starts_with(prefix))
+        })
+        .map(|s| s.trace_id.clone())
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,11 @@
 //! their sizes and their actors are snapshotted, the two logs give the same spans in either
 //! order, and no Secret value appears in the spans.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::process::Stdio;
 
 use kubetrail_testkit::{ReceivedSpan, parse_otlp_json_lines};
-use tokio::process::Command;
 
 const OBJECT_KIND: i32 = 1;
 
@@ -27,22 +27,16 @@ const CAPTURE: [&str; 2] = [
 
 /// `kubetrail replay` of the capture's files in this order; the OTLP/JSON it wrote.
 async fn replay(files: &[&str], out: &std::path::Path) -> String {
-    let run = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args([
-            "replay",
-            "--cluster",
-            "local",
-            "--no-progress",
-            "--otlp-json",
-        ])
-        .arg(out)
-        .args(files)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr);
-    assert!(run.status.success(), "{stderr}");
+    let mut args = vec![
+        "replay",
+        "--cluster",
+        "local",
+        "--no-progress",
+        "--otlp-json",
+    ];
+    args.push(out.to_str().unwrap());
+    args.extend_from_slice(files);
+    common::run_ok(args).await;
     std::fs::read_to_string(out).unwrap()
 }
 

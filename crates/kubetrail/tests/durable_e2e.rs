@@ -15,15 +15,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 mod common;
 
-use common::{first_word, id_set, spawn_until, terminate};
-use kubetrail_testkit::{ApiServerClient, OtlpReceiver, ReceivedSpan, parse_otlp_json_lines};
+use common::{id_set, spawn_serve, terminate};
+use kubetrail_testkit::{ApiServerClient, OtlpReceiver, ReceivedSpan};
 use serde_json::Value;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 const OBJECT_KIND: i32 = 1;
 const EVENTS: usize = 20_000;
@@ -77,21 +76,8 @@ async fn replay_spans(events: &[Value], dir: &Path, extra: &[&str]) -> Vec<Recei
     std::fs::write(&log, json_lines(events)).unwrap();
     let out = dir.join("replay.jsonl");
     let _ = std::fs::remove_file(&out);
-    let run = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(["replay", "--cluster", "e2e", "--otlp-json"])
-        .arg(&out)
-        .args(extra)
-        .arg(&log)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    let args = extra.iter().copied().chain([log.to_str().unwrap()]);
+    common::replay_json("e2e", args, &out).await.0
 }
 
 struct Serve {
@@ -101,10 +87,10 @@ struct Serve {
 }
 
 async fn serve(args: &[&str]) -> Serve {
-    let (child, rest, stderr) = spawn_until(args, "kubetrail serve: listening on ").await;
+    let (child, addr, stderr) = spawn_serve(args).await;
     Serve {
         child,
-        addr: first_word(&rest),
+        addr,
         stderr,
     }
 }
@@ -123,18 +109,9 @@ fn client(addr: &str) -> ApiServerClient {
 }
 
 async fn metric(addr: &str, name: &str) -> f64 {
-    let text = reqwest::get(format!("http://{addr}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.strip_prefix(name))
-        .filter(|rest| rest.starts_with(' ') || rest.starts_with('{'))
-        .filter_map(|rest| rest.split_whitespace().last()?.parse::<f64>().ok())
-        .sum()
+    let url = format!("http://{addr}/metrics");
+    let text = common::get_text(&reqwest::Client::new(), &url).await;
+    kubetrail_testkit::prometheus_sum(&text, name, &[])
 }
 
 /// Object span ids seen more than once, and request span ids seen more than once.
@@ -248,9 +225,6 @@ async fn kill_9_during_a_20000_event_run_loses_nothing_acknowledged() {
         let queue = dir.path().join(format!("queue-{seed}"));
         let out = dir.path().join(format!("serve-{seed}.jsonl"));
         let mut args = vec![
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
             "--otlp-json",
             out.to_str().unwrap(),
             "--queue-dir",
@@ -267,7 +241,7 @@ async fn kill_9_during_a_20000_event_run_loses_nothing_acknowledged() {
             kills.entry(at).or_insert(in_flight);
         }
         let logs = run_with_kills(&events, &args, &kills).await;
-        let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let got = common::read_spans(&out);
         let got_ids = id_set(&got);
         let missing: Vec<_> = want_ids.difference(&got_ids).take(5).collect();
         let extra: Vec<_> = got_ids.difference(&want_ids).take(5).collect();
@@ -295,9 +269,6 @@ async fn kill_9_during_a_20000_event_run_loses_nothing_acknowledged() {
     // The negative control: in memory only, one kill right after a 200 loses spans.
     let out = dir.path().join("memory.jsonl");
     let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
         "--otlp-json",
         out.to_str().unwrap(),
         "--linger",
@@ -309,7 +280,7 @@ async fn kill_9_during_a_20000_event_run_loses_nothing_acknowledged() {
     ];
     let kills = BTreeMap::from([(batches as usize / 2, false)]);
     run_with_kills(&events, &args, &kills).await;
-    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let got = common::read_spans(&out);
     let got_ids = id_set(&got);
     assert!(
         want_ids.difference(&got_ids).count() > 0,
@@ -334,9 +305,6 @@ async fn a_segment_cut_mid_record_is_cut_counted_and_the_rest_is_used() {
     let queue = dir.path().join("queue");
     let out = dir.path().join("serve.jsonl");
     let args = [
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
         "--otlp-json",
         out.to_str().unwrap(),
         "--queue-dir",
@@ -369,8 +337,7 @@ async fn a_segment_cut_mid_record_is_cut_counted_and_the_rest_is_used() {
     f.set_len(cut_at).unwrap();
     drop(f);
 
-    let (mut child, rest, stderr) = spawn_until(&args, "kubetrail serve: listening on ").await;
-    let addr = first_word(&rest);
+    let (mut child, addr, stderr) = spawn_serve(&args).await;
     assert_eq!(metric(&addr, "kubetrail_log_damaged_total").await, 1.0);
     assert!(metric(&addr, "kubetrail_log_damaged_bytes_total").await > 0.0);
     assert_eq!(
@@ -388,7 +355,7 @@ async fn a_segment_cut_mid_record_is_cut_counted_and_the_rest_is_used() {
     // Exactly the spans of the events before the cut batch.
     let kept = &events[..(events.len().div_ceil(BATCH) - 1) * BATCH];
     let want = replay_spans(kept, dir.path(), &["--linger", "1h", "--lateness", "30s"]).await;
-    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let got = common::read_spans(&out);
     // Request spans of the cut batch may have been exported before the kill; the rest equals
     // the replay of the kept events.
     let got_ids = id_set(&got);
@@ -428,26 +395,19 @@ async fn a_full_disk_budget_answers_503_until_the_exporter_is_back() {
     let otlp = OtlpReceiver::start().await.unwrap();
     otlp.fail_next(usize::MAX);
     let endpoint = otlp.grpc_endpoint();
-    let (mut child, rest, stderr) = spawn_until(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-            "--otlp-endpoint",
-            &endpoint,
-            "--queue-dir",
-            queue.to_str().unwrap(),
-            "--linger",
-            "1h",
-            "--lateness",
-            "0s",
-        ],
-        "kubetrail serve: listening on ",
-    )
+    let (mut child, addr, stderr) = spawn_serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--otlp-endpoint",
+        &endpoint,
+        "--queue-dir",
+        queue.to_str().unwrap(),
+        "--linger",
+        "1h",
+        "--lateness",
+        "0s",
+    ])
     .await;
-    let addr = first_word(&rest);
     let c = ApiServerClient::new(&format!("http://{addr}/audit/e2e"))
         .with_retries(0, Duration::from_millis(10));
     // Batches of 50 until one is refused.

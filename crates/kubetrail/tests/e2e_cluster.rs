@@ -10,18 +10,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
-use std::process::Stdio;
 
-use kubetrail_testkit::{
-    Jaeger, JaegerQuery, OtlpReceiver, Pki, ReceivedSpan, parse_otlp_json_lines,
-};
-use tokio::process::{Child, Command};
+use kubetrail_testkit::{Jaeger, JaegerQuery, OtlpReceiver, Pki, ReceivedSpan};
+use tokio::process::Child;
 
 mod cluster;
 mod common;
 
 use cluster::{LocalCluster, Webhook};
-use common::{first_word, id_set, spawn_until, terminate};
+use common::{id_set, terminate};
 
 const OBJECT_KIND: i32 = 1; // SPAN_KIND_INTERNAL
 const REQUEST_KIND: i32 = 2; // SPAN_KIND_SERVER
@@ -52,30 +49,17 @@ async fn start_serve(
         format!("time:\n  expect_sources: [{}]\n", sources.join(", ")),
     )
     .unwrap();
-    let (child, rest, stderr) = spawn_until(
-        &[
-            "--log-level",
-            "info",
-            "serve",
-            "--config",
-            config.to_str().unwrap(),
-            "--listen",
-            listen,
-            "--otlp-endpoint",
-            otlp,
-            "--otlp-json",
-            json.to_str().unwrap(),
-            "--tls-cert",
-            pki.server_cert.to_str().unwrap(),
-            "--tls-key",
-            pki.server_key.to_str().unwrap(),
-            "--token-file",
-            tokens.to_str().unwrap(),
-        ],
-        "kubetrail serve: listening on ",
-    )
-    .await;
-    (child, first_word(&rest), stderr)
+    let mut args = vec![
+        "--log-level",
+        "info",
+        "serve",
+        "--config",
+        config.to_str().unwrap(),
+    ];
+    args.extend(["--listen", listen, "--otlp-endpoint", otlp]);
+    args.extend(["--otlp-json", json.to_str().unwrap()]);
+    args.extend(common::tls_token_args(pki, &tokens));
+    common::spawn_serve_args(&args).await
 }
 
 /// `kubetrail_events_accepted_total` for the cluster, from serve's /metrics.
@@ -84,42 +68,18 @@ async fn accepted(pki: &Pki, addr: &str) -> u64 {
         .add_root_certificate(reqwest::Certificate::from_pem(pki.ca_pem.as_bytes()).unwrap())
         .build()
         .unwrap();
-    let text = client
-        .get(format!("https://{addr}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| {
-            l.starts_with("kubetrail_events_accepted_total") && l.contains("cluster=\"local\"")
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .sum()
+    let text = common::get_text(&client, &format!("https://{addr}/metrics")).await;
+    kubetrail_testkit::prometheus_sum(
+        &text,
+        "kubetrail_events_accepted_total",
+        &[("cluster", "local")],
+    ) as u64
 }
 
 /// Runs `kubetrail replay` on the audit logs; returns the spans of its OTLP/JSON file.
 async fn replay(files: &[std::path::PathBuf], out: &Path) -> (Vec<ReceivedSpan>, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kubetrail"));
-    cmd.args([
-        "replay",
-        "--cluster",
-        "local",
-        "--no-progress",
-        "--otlp-json",
-    ])
-    .arg(out)
-    .args(files)
-    .stdin(Stdio::null())
-    .kill_on_drop(true);
-    let run = cmd.output().await.unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-    assert!(run.status.success(), "replay failed: {stderr}");
-    let spans = parse_otlp_json_lines(&std::fs::read_to_string(out).unwrap()).unwrap();
-    (spans, stderr)
+    let files = files.iter().map(|f| f.to_str().unwrap());
+    common::replay_json("local", ["--no-progress"].into_iter().chain(files), out).await
 }
 
 fn namespace_manifest(ns: &str) -> String {
@@ -723,7 +683,7 @@ async fn full_run(apiservers: usize) {
     if let Some(keep) = std::env::var_os("KUBETRAIL_E2E_KEEP") {
         std::fs::copy(&serve_json, Path::new(&keep).join("serve.otlp.jsonl")).unwrap();
     }
-    let from_file = parse_otlp_json_lines(&std::fs::read_to_string(&serve_json).unwrap()).unwrap();
+    let from_file = common::read_spans(&serve_json);
     // Everything below is checked on what Jaeger stored, read through its query API.
     let query = jaeger.query();
     let exported = jaeger_spans(&query, &from_file).await;

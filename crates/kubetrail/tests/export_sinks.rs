@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use kubetrail_testkit::{Jaeger, parse_otlp_json_lines};
+use kubetrail_testkit::Jaeger;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 mod common;
@@ -49,7 +49,7 @@ async fn every_configured_sink_gets_every_span_two_jaegers_a_file_and_a_tree() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
 
-    let written = parse_otlp_json_lines(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let written = common::read_spans(&json);
     let expected = id_set(&written);
     assert!(
         expected.len() > 100,

@@ -15,22 +15,12 @@ use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{id_set, live_start, spawn_until, terminate};
+use common::{id_set, kill9, live_start, spawn_serve, spawn_until, terminate};
 use kubetrail_gen::RolloutScenario;
-use kubetrail_testkit::{ReceivedSpan, parse_otlp_json_lines};
+use kubetrail_testkit::{ReceivedSpan, append};
 use serde_json::Value;
 
 const CLUSTER: &str = "e2e";
-
-fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-    f.sync_all().unwrap();
-}
 
 /// Which of two API servers served a request (by its audit ID).
 fn server_of(e: &Value) -> usize {
@@ -80,26 +70,8 @@ async fn replay_spans(dir: &Path, lines: &[String]) -> Vec<ReceivedSpan> {
     let log = dir.join("replay-input.log");
     std::fs::write(&log, lines.concat()).unwrap();
     let out = dir.join("replay.jsonl");
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args([
-            "replay",
-            "--cluster",
-            CLUSTER,
-            "--linger",
-            "1h",
-            "--otlp-json",
-        ])
-        .arg(&out)
-        .arg(&log)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap()
+    let args = ["--linger", "1h", log.to_str().unwrap()];
+    common::replay_json(CLUSTER, args, &out).await.0
 }
 
 struct Follow {
@@ -140,17 +112,6 @@ impl Follow {
         let (child, _, stderr) = spawn_until(&args, "kubetrail follow: following ").await;
         (child, stderr)
     }
-}
-
-fn kill9(child: &tokio::process::Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
 }
 
 /// Every span id with every (trace, parent, name, start, end) it was exported with.
@@ -234,12 +195,7 @@ async fn appended_rotated_gzipped_truncated_and_killed_gives_the_replays_spans()
 
     // 5. copytruncate: the file is copied away and truncated in place, then written again.
     std::fs::copy(&log, d.join("audit-2024-07-15T11-00-00.000.log")).unwrap();
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(&log)
-        .unwrap()
-        .set_len(0)
-        .unwrap();
+    kubetrail_testkit::truncate(&log);
     append(&log, &part(5, 6));
     wait_delivered(&state, &log, &log, "after the truncation");
 
@@ -260,7 +216,7 @@ async fn appended_rotated_gzipped_truncated_and_killed_gives_the_replays_spans()
     assert_eq!(entry["clean"], true, "{st}");
     assert_eq!(entry["resume"], entry["committed"], "{st}");
 
-    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let got = common::read_spans(&out);
     let want = replay_spans(d, &lines).await;
     assert_eq!(id_set(&got), id_set(&want), "{log_text}");
     // Re-reading after the crash exported some spans again: identical copies only.
@@ -319,7 +275,7 @@ async fn a_sigterm_restart_reads_nothing_twice() {
     assert!(status.success(), "{text}");
     assert!(!text.contains("did not stop cleanly"), "{text}");
 
-    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let got = common::read_spans(&out);
     let all: Vec<String> = first.iter().chain(&second).cloned().collect();
     let want = replay_spans(d, &all).await;
     assert_eq!(id_set(&got), id_set(&want), "{text}");
@@ -354,26 +310,19 @@ async fn two_nodes_forwarding_to_a_central_serve_give_the_merged_replays_spans()
         "time:\n  expect_sources: [apiserver-0, apiserver-1]\n",
     )
     .unwrap();
-    let (mut serve, rest, serve_err) = spawn_until(
-        &[
-            "serve",
-            "--config",
-            &s(&serve_config),
-            "--listen",
-            "127.0.0.1:0",
-            "--cluster",
-            CLUSTER,
-            "--linger",
-            "1h",
-            "--token-file",
-            &s(&tokens),
-            "--otlp-json",
-            &s(&out),
-        ],
-        "kubetrail serve: listening on ",
-    )
+    let (mut serve, addr, serve_err) = spawn_serve(&[
+        "--config",
+        &s(&serve_config),
+        "--cluster",
+        CLUSTER,
+        "--linger",
+        "1h",
+        "--token-file",
+        &s(&tokens),
+        "--otlp-json",
+        &s(&out),
+    ])
     .await;
-    let addr = common::first_word(&rest);
     let mut nodes = Vec::new();
     for node in 0..2 {
         let nd = d.join(format!("node{node}"));
@@ -426,7 +375,7 @@ async fn two_nodes_forwarding_to_a_central_serve_give_the_merged_replays_spans()
     let status = terminate(&mut serve).await;
     let text = serve_err.await.unwrap();
     assert!(status.success(), "{text}");
-    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let got = common::read_spans(&out);
     let want = replay_spans(d, &lines).await;
     let (got, want) = (id_set(&got), id_set(&want));
     assert_eq!(
@@ -464,34 +413,19 @@ async fn serve_with_a_follow_section_exports_the_file_and_its_webhook_traffic() 
     let out = d.join("serve.jsonl");
     append(&log, &lines_of(&web.events).concat());
     let config = d.join("serve.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "follow:\n  paths: [{}]\n  state_file: {}\n  state_interval: 100ms\n  poll_interval: 20ms\n",
-            log.display(),
-            state.display()
-        ),
-    )
-    .unwrap();
+    common::write_follow_config(&config, &log, &state);
     let s = |p: &Path| p.display().to_string();
-    let (mut serve, rest, err) = spawn_until(
-        &[
-            "serve",
-            "--config",
-            &s(&config),
-            "--listen",
-            "127.0.0.1:0",
-            "--cluster",
-            CLUSTER,
-            "--linger",
-            "1h",
-            "--otlp-json",
-            &s(&out),
-        ],
-        "kubetrail serve: listening on ",
-    )
+    let (mut serve, addr, err) = spawn_serve(&[
+        "--config",
+        &s(&config),
+        "--cluster",
+        CLUSTER,
+        "--linger",
+        "1h",
+        "--otlp-json",
+        &s(&out),
+    ])
     .await;
-    let addr = common::first_word(&rest);
     let client = kubetrail_testkit::ApiServerClient::new(&format!(
         "http://{addr}/audit/{CLUSTER}?source=apiserver-2"
     ))
@@ -504,7 +438,7 @@ async fn serve_with_a_follow_section_exports_the_file_and_its_webhook_traffic() 
     assert!(status.success(), "{text}");
     let st: Value = serde_json::from_str(&std::fs::read_to_string(&state).unwrap()).unwrap();
     assert_eq!(st["logs"][log.to_str().unwrap()]["clean"], true, "{st}");
-    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let got = common::read_spans(&out);
     let mut both = lines_of(&web.events);
     both.extend(lines_of(&api.events));
     let want = replay_spans(d, &both).await;
@@ -546,7 +480,7 @@ async fn one_follow_of_two_api_servers_logs_merges_them_by_time() {
     let status = terminate(&mut child).await;
     let text = stderr.await.unwrap();
     assert!(status.success(), "{text}");
-    let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    let got = common::read_spans(&out);
     let want = replay_spans(d, &lines).await;
     assert_eq!(id_set(&got), id_set(&want), "{text}");
 }

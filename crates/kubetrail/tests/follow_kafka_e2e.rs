@@ -6,23 +6,13 @@
 
 mod common;
 
-use std::io::Write as _;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::{id_set, spawn_until, terminate};
 use kubetrail_gen::RolloutScenario;
-use kubetrail_testkit::{KafkaBroker, OtlpReceiver, parse_otlp_json_lines};
+use kubetrail_testkit::{KafkaBroker, OtlpReceiver, append};
 use serde_json::Value;
-
-fn append(path: &Path, text: &str) {
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .unwrap();
-    f.write_all(text.as_bytes()).unwrap();
-}
 
 fn committed_offset(state: &Path, log: &Path) -> Option<u64> {
     let v: Value = serde_json::from_str(&std::fs::read_to_string(state).ok()?).ok()?;
@@ -86,14 +76,7 @@ async fn follow_into_kafka_survives_sigkill_and_consume_equals_replay() {
     append(&log, &lines[..half].concat());
     let (follower, _, _err) = spawn_until(&args, "kubetrail follow: following ").await;
     wait_delivered(&state, &log);
-    let pid = follower.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    common::kill9(&follower);
     let mut follower = follower;
     let _ = follower.wait().await;
     append(&log, &lines[half..].concat());
@@ -126,16 +109,7 @@ async fn follow_into_kafka_survives_sigkill_and_consume_equals_replay() {
     let replay_out = d.join("replay.jsonl");
     let input = d.join("replay-input.log");
     std::fs::write(&input, lines.concat()).unwrap();
-    let run = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(["replay", "--cluster", "e2e", "--otlp-json"])
-        .arg(&replay_out)
-        .arg(&input)
-        .output()
-        .await
-        .unwrap();
-    assert!(run.status.success());
-    let expected =
-        id_set(&parse_otlp_json_lines(&std::fs::read_to_string(&replay_out).unwrap()).unwrap());
+    let expected = id_set(&common::replay_json("e2e", [&input], &replay_out).await.0);
     let got = otlp
         .wait_for_spans(expected.len(), Duration::from_secs(120))
         .await
@@ -157,33 +131,10 @@ async fn receive_with_a_follow_section_produces_the_file_once() {
     let state = d.join("state.json");
     append(&log, &stream.to_json_lines());
     let config = d.join("receive.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "follow:\n  paths: [{}]\n  state_file: {}\n  state_interval: 100ms\n  poll_interval: 20ms\n",
-            log.display(),
-            state.display()
-        ),
-    )
-    .unwrap();
+    common::write_follow_config(&config, &log, &state);
     let s = |p: &Path| p.display().to_string();
-    let (mut receive, _, err) = spawn_until(
-        &[
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--cluster",
-            "e2e",
-            "--config",
-            &s(&config),
-            "--kafka-brokers",
-            &brokers,
-            "--kafka-topic",
-            "audit",
-        ],
-        "kubetrail receive: listening on ",
-    )
-    .await;
+    let (mut receive, _, err) =
+        common::spawn_receive("e2e", &brokers, "audit", &["--config", &s(&config)]).await;
     wait_delivered(&state, &log);
     assert!(terminate(&mut receive).await.success());
     let text = err.await.unwrap();

@@ -7,15 +7,13 @@
 use std::collections::BTreeSet;
 use std::io::Write;
 use std::path::Path;
-use std::process::Stdio;
 
 mod common;
 
-use common::{first_word, id_set, spawn_until, terminate};
+use common::{id_set, replay_json, spawn_serve, terminate};
 use kubetrail_gen::RolloutScenario;
-use kubetrail_testkit::{ApiServerClient, ReceivedSpan, parse_otlp_json_lines};
+use kubetrail_testkit::{ApiServerClient, ReceivedSpan};
 use serde_json::Value;
-use tokio::process::Command;
 
 const OBJECT_KIND: i32 = 1;
 
@@ -34,21 +32,6 @@ fn lines(events: &[&Value]) -> String {
         s.push('\n');
     }
     s
-}
-
-async fn replay_json(args: &[&str], out: &Path) -> (Vec<ReceivedSpan>, String) {
-    let run = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .arg("replay")
-        .args(["--cluster", "e2e", "--otlp-json", out.to_str().unwrap()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&run.stderr).into_owned();
-    assert!(run.status.success(), "{stderr}");
-    let spans = parse_otlp_json_lines(&std::fs::read_to_string(out).unwrap()).unwrap();
-    (spans, stderr)
 }
 
 fn traces(spans: &[ReceivedSpan]) -> BTreeSet<String> {
@@ -93,7 +76,12 @@ async fn replay_of_two_and_three_servers_logs_equals_the_merged_replay() {
     let dir = tempfile::tempdir().unwrap();
     let merged = dir.path().join("merged.log");
     std::fs::write(&merged, stream.to_json_lines()).unwrap();
-    let (want, _) = replay_json(&[merged.to_str().unwrap()], &dir.path().join("want.json")).await;
+    let (want, _) = replay_json(
+        "e2e",
+        &[merged.to_str().unwrap()],
+        &dir.path().join("want.json"),
+    )
+    .await;
     assert_eq!(deployment_family_traces(&want, "web").len(), 1);
 
     for servers in [2usize, 3] {
@@ -108,8 +96,12 @@ async fn replay_of_two_and_three_servers_logs_equals_the_merged_replay() {
         }
         // As an operator types it: one glob over the nodes' logs and their rotated files.
         let glob = format!("{}/node*/audit*.log*", ha.display());
-        let (got, stderr) =
-            replay_json(&[&glob], &dir.path().join(format!("got{servers}.json"))).await;
+        let (got, stderr) = replay_json(
+            "e2e",
+            &[&glob],
+            &dir.path().join(format!("got{servers}.json")),
+        )
+        .await;
         assert_eq!(id_set(&got), id_set(&want), "{servers} servers: {stderr}");
         assert!(
             stderr.contains(&format!("{} events read", stream.events.len())),
@@ -121,15 +113,20 @@ async fn replay_of_two_and_three_servers_logs_equals_the_merged_replay() {
             .map(|i| ha.join(format!("node{i}")).display().to_string())
             .collect();
         let args: Vec<&str> = dirs.iter().map(String::as_str).collect();
-        let (by_dir, _) = replay_json(&args, &dir.path().join(format!("dir{servers}.json"))).await;
+        let (by_dir, _) =
+            replay_json("e2e", &args, &dir.path().join(format!("dir{servers}.json"))).await;
         assert_eq!(id_set(&by_dir), id_set(&want));
 
         // `--sequential` keeps the old reading (one file after another, no look-ahead): the
         // second server's events come out of order, which the summary says.
         let mut seq_args = vec!["--sequential"];
         seq_args.extend(args.iter().copied());
-        let (_, stderr) =
-            replay_json(&seq_args, &dir.path().join(format!("seq{servers}.json"))).await;
+        let (_, stderr) = replay_json(
+            "e2e",
+            &seq_args,
+            &dir.path().join(format!("seq{servers}.json")),
+        )
+        .await;
         assert!(
             stderr.contains("events beyond the look-ahead in their input"),
             "{stderr}"
@@ -143,7 +140,12 @@ async fn an_event_far_ahead_does_not_move_time() {
     let dir = tempfile::tempdir().unwrap();
     let clean = dir.path().join("clean.log");
     std::fs::write(&clean, stream.to_json_lines()).unwrap();
-    let (want, _) = replay_json(&[clean.to_str().unwrap()], &dir.path().join("want.json")).await;
+    let (want, _) = replay_json(
+        "e2e",
+        &[clean.to_str().unwrap()],
+        &dir.path().join("want.json"),
+    )
+    .await;
 
     // ConfigMap updates of another namespace in the middle of the log: one written ~50 s
     // ahead of its neighbours (a skewed clock), one dated 2200, and one dated 9999 (valid
@@ -165,8 +167,12 @@ async fn an_event_far_ahead_does_not_move_time() {
     let refs: Vec<&Value> = events.iter().collect();
     let odd_log = dir.path().join("odd.log");
     std::fs::write(&odd_log, lines(&refs)).unwrap();
-    let (got, stderr) =
-        replay_json(&[odd_log.to_str().unwrap()], &dir.path().join("got.json")).await;
+    let (got, stderr) = replay_json(
+        "e2e",
+        &[odd_log.to_str().unwrap()],
+        &dir.path().join("got.json"),
+    )
+    .await;
 
     // The rollout's spans are exactly those of the clean log: nothing emitted early, no
     // overlapping segments; the three odd requests are each in a trace of their own.
@@ -256,6 +262,7 @@ async fn concurrent_servers_one_lagging_20s_give_the_merged_replays_spans() {
         )
         .unwrap();
         let (want, _) = replay_json(
+            "e2e",
             &[
                 "--config",
                 config.to_str().unwrap(),
@@ -267,20 +274,13 @@ async fn concurrent_servers_one_lagging_20s_give_the_merged_replays_spans() {
         assert_eq!(deployment_family_traces(&want, "web").len(), 1);
 
         let out = dir.path().join(format!("serve{servers}.json"));
-        let (mut child, rest, stderr) = spawn_until(
-            &[
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--config",
-                config.to_str().unwrap(),
-                "--otlp-json",
-                out.to_str().unwrap(),
-            ],
-            "kubetrail serve: listening on ",
-        )
+        let (mut child, addr, stderr) = spawn_serve(&[
+            "--config",
+            config.to_str().unwrap(),
+            "--otlp-json",
+            out.to_str().unwrap(),
+        ])
         .await;
-        let addr = first_word(&rest);
         let clients: Vec<ApiServerClient> = names
             .iter()
             .map(|n| {
@@ -302,7 +302,7 @@ async fn concurrent_servers_one_lagging_20s_give_the_merged_replays_spans() {
         let status = terminate(&mut child).await;
         let log = stderr.await.unwrap();
         assert!(status.success(), "{log}");
-        let got = parse_otlp_json_lines(&std::fs::read_to_string(&out).unwrap()).unwrap();
+        let got = common::read_spans(&out);
         assert_eq!(id_set(&got), id_set(&want), "{servers} servers:\n{log}");
         assert!(
             got.iter()

@@ -9,13 +9,16 @@
 //! chromium + `npm ci` into `.tools/`). `KUBETRAIL_REPORT_SCREENSHOT=PATH` keeps the
 //! screenshot (the README's is `docs/report.png`).
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Instant;
 
+use common::read_spans as otlp;
 use kubetrail_gen::RolloutScenario;
-use kubetrail_testkit::{ReceivedSpan, parse_otlp_json_lines};
+use kubetrail_testkit::ReceivedSpan;
 use serde_json::{Value, json};
 use tokio::process::Command;
 
@@ -35,11 +38,9 @@ fn bin() -> Command {
 /// Runs `kubetrail ARGS`, asserts success, returns stderr and the wall time.
 async fn kubetrail(args: &[&str]) -> (String, std::time::Duration) {
     let started = Instant::now();
-    let out = bin().args(args).output().await.unwrap();
+    let out = common::run_ok(args).await;
     let elapsed = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "kubetrail {args:?}: {stderr}");
-    (stderr, elapsed)
+    (String::from_utf8_lossy(&out.stderr).into_owned(), elapsed)
 }
 
 /// The data embedded in a report.
@@ -61,10 +62,6 @@ fn row_refs(d: &Value) -> Vec<String> {
         .iter()
         .map(|r| s(d, &r[0]))
         .collect()
-}
-
-fn otlp(path: &Path) -> Vec<ReceivedSpan> {
-    parse_otlp_json_lines(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn example() -> String {
@@ -190,22 +187,14 @@ async fn replay_html_holds_what_the_otlp_output_holds() {
 async fn timeline_html_holds_one_family() {
     let dir = tempfile::tempdir().unwrap();
     let html = dir.path().join("web.html");
-    let out = bin()
-        .args([
-            "timeline",
-            "--html",
-            html.to_str().unwrap(),
-            "deployments/shop/web",
-            &example(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok([
+        "timeline",
+        "--html",
+        html.to_str().unwrap(),
+        "deployments/shop/web",
+        &example(),
+    ])
+    .await;
     assert!(out.stdout.is_empty(), "the report replaces the tree");
     let d = report_data(&std::fs::read_to_string(&html).unwrap());
     assert_eq!(d["families"].as_array().unwrap().len(), 1);

@@ -12,13 +12,12 @@ use std::time::Duration;
 use kubetrail_gen::{GeneratedStream, RolloutScenario};
 use kubetrail_testkit::{
     ApiServerClient, Jaeger, JaegerQuery, JaegerTrace, ReceivedSpan, TraceQuery,
-    parse_otlp_json_lines,
 };
 use serde_json::Value;
 
 mod common;
 
-use common::{first_word, jaeger_traces, live_start, rfc3339, spawn_until, terminate};
+use common::{jaeger_traces, live_start, rfc3339, spawn_serve, terminate};
 
 /// How long Jaeger may take to show what was exported.
 const DEADLINE: Duration = Duration::from_secs(90);
@@ -435,20 +434,15 @@ async fn replay_into_jaeger(protocol: &str) {
         "grpc" => jaeger.otlp_grpc_endpoint(),
         _ => jaeger.otlp_http_endpoint(),
     };
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(["replay", "--cluster", "e2e", "--otlp-endpoint", &endpoint])
-        .args(["--otlp-protocol", protocol, "--otlp-json"])
-        .arg(&written_path)
-        .arg(&input)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let written = parse_otlp_json_lines(&std::fs::read_to_string(&written_path).unwrap()).unwrap();
+    let input = input.to_str().unwrap();
+    let args = [
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        protocol,
+        input,
+    ];
+    let (written, _) = common::replay_json("e2e", args, &written_path).await;
     check_jaeger(&jaeger.query(), &written, &stream).await;
     check_url_command(&jaeger, &stream, "e2e", "2024-05-01T10:00:10Z").await;
 }
@@ -477,27 +471,20 @@ async fn serve_into_jaeger(protocol: &str) {
     };
     let ui = jaeger.ui_url();
     let written_arg = written_path.to_str().unwrap();
-    let (mut child, rest, stderr) = spawn_until(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--otlp-endpoint",
-            &endpoint,
-            "--otlp-protocol",
-            protocol,
-            "--otlp-json",
-            written_arg,
-            "--jaeger-url",
-            &ui,
-            // Object spans wait for shutdown: the test reads what Jaeger shows meanwhile.
-            "--linger",
-            "1h",
-        ],
-        "kubetrail serve: listening on ",
-    )
+    let (mut child, addr, stderr) = spawn_serve(&[
+        "--otlp-endpoint",
+        &endpoint,
+        "--otlp-protocol",
+        protocol,
+        "--otlp-json",
+        written_arg,
+        "--jaeger-url",
+        &ui,
+        // Object spans wait for shutdown: the test reads what Jaeger shows meanwhile.
+        "--linger",
+        "1h",
+    ])
     .await;
-    let addr = first_word(&rest);
     let client = ApiServerClient::new(&format!("http://{addr}/audit/e2e")).with_batch_size(50);
     let report = client.send_events(&events).await.unwrap();
     assert!(report.all_delivered(), "{:?}", report.statuses());
@@ -570,7 +557,7 @@ async fn serve_into_jaeger(protocol: &str) {
     let status = terminate(&mut child).await;
     let log = stderr.await.unwrap();
     assert!(status.success(), "{log}");
-    let written = parse_otlp_json_lines(&std::fs::read_to_string(&written_path).unwrap()).unwrap();
+    let written = common::read_spans(&written_path);
     let objects = written.iter().filter(|s| s.kind == OBJECT_KIND).count();
     assert_eq!(
         objects,

@@ -3,11 +3,13 @@
 //! `--max-trace-spans`, every reference (parent and link) resolves to a span Jaeger has, Jaeger
 //! attaches no warning, and every span is reachable from the Deployment's span.
 
+mod common;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::time::Duration;
 
 use kubetrail_gen::RolloutScenario;
-use kubetrail_testkit::{Jaeger, JaegerTrace, parse_otlp_json_lines};
+use kubetrail_testkit::{Jaeger, JaegerTrace};
 
 /// How long Jaeger may take to show what was exported.
 const DEADLINE: Duration = Duration::from_secs(120);
@@ -28,21 +30,16 @@ async fn a_family_above_the_budget_reads_back_in_jaeger_within_it_and_linked() {
     std::fs::write(&input, stream.to_json_lines()).unwrap();
     let written_path = dir.path().join("spans.otlp.jsonl");
     let jaeger = Jaeger::start().unwrap();
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(["replay", "--cluster", "e2e", "--no-progress"])
-        .args(["--otlp-endpoint", &jaeger.otlp_grpc_endpoint()])
-        .args(["--max-trace-spans", &BUDGET.to_string(), "--otlp-json"])
-        .arg(&written_path)
-        .arg(&input)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let written = parse_otlp_json_lines(&std::fs::read_to_string(&written_path).unwrap()).unwrap();
+    let (endpoint, budget) = (jaeger.otlp_grpc_endpoint(), BUDGET.to_string());
+    let args = [
+        "--no-progress",
+        "--otlp-endpoint",
+        &endpoint,
+        "--max-trace-spans",
+        &budget,
+        input.to_str().unwrap(),
+    ];
+    let (written, _) = common::replay_json("e2e", args, &written_path).await;
     assert!(
         written.len() > 10 * BUDGET,
         "far above the budget: {}",
@@ -139,22 +136,15 @@ async fn a_family_above_the_budget_reads_back_in_jaeger_within_it_and_linked() {
         .flat_map(|t| t.spans.iter())
         .map(|s| ((s.trace_id.as_str(), s.span_id.as_str()), s))
         .collect();
-    let mut seen: HashSet<(&str, &str)> = HashSet::new();
-    let mut stack = vec![(root.trace_id.as_str(), root.span_id.as_str())];
-    while let Some(k) = stack.pop() {
-        if !seen.insert(k) {
-            continue;
-        }
-        stack.extend(children.get(&k).into_iter().flatten().copied());
-        if let Some(s) = by_id.get(&k) {
-            stack.extend(
-                s.links()
-                    .into_iter()
-                    .map(|l| (l.trace_id.as_str(), l.span_id.as_str()))
-                    .filter(|t| present.contains(t)),
-            );
-        }
-    }
+    let root_id = (root.trace_id.as_str(), root.span_id.as_str());
+    let seen: HashSet<(&str, &str)> = kubetrail_testkit::reachable(root_id, &children, |k| {
+        let links = by_id.get(k).map(|s| s.links()).unwrap_or_default();
+        links
+            .into_iter()
+            .map(|l| (l.trace_id.as_str(), l.span_id.as_str()))
+            .filter(|t| present.contains(t))
+            .collect::<Vec<_>>()
+    });
     assert_eq!(
         seen.len(),
         present.len(),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{first_word, live_start, rfc3339, spawn_until, terminate};
+use common::{first_word, live_start, rfc3339, spawn_serve, spawn_until, terminate};
 
 const TOKEN: &str = "log-limits-token";
 const ITEMS: usize = 10_000;
@@ -21,22 +21,15 @@ async fn ten_thousand_bad_items_write_a_bounded_number_of_log_lines() {
     let tokens = dir.path().join("tokens");
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     let out = dir.path().join("spans.json");
-    let (mut child, rest, stderr) = spawn_until(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--token-file",
-            tokens.to_str().unwrap(),
-            "--otlp-json",
-            out.to_str().unwrap(),
-            "--linger",
-            "1h",
-        ],
-        "kubetrail serve: listening on ",
-    )
+    let (mut child, addr, stderr) = spawn_serve(&[
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--otlp-json",
+        out.to_str().unwrap(),
+        "--linger",
+        "1h",
+    ])
     .await;
-    let addr = first_word(&rest);
 
     let t = rfc3339(live_start());
     let good = serde_json::json!({
@@ -54,28 +47,19 @@ async fn ten_thousand_bad_items_write_a_bounded_number_of_log_lines() {
     items.extend((1..ITEMS).map(|i| serde_json::json!({"level": "Metadata", "n": i})));
     let batch = kubetrail_testkit::event_list(&items);
     let http = reqwest::Client::new();
-    let answer = http
-        .post(format!("http://{addr}/audit"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&batch).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), 200, "{}", answer.text().await.unwrap());
-    let body = answer.text().await.unwrap();
+    let body = common::post_batch_ok(&http, &format!("http://{addr}/audit"), TOKEN, &batch).await;
 
     let metrics = common::get_text(&http, &format!("http://{addr}/metrics")).await;
-    let rejected = metrics
-        .lines()
-        .find(|l| {
-            l.starts_with("kubetrail_events_rejected_total{")
-                && l.contains(r#"reason="malformed_item""#)
-        })
-        .unwrap_or_else(|| panic!("no malformed_item count:\n{metrics}"));
-    assert!(
-        rejected.ends_with(&format!(" {}", ITEMS - 1)),
-        "every bad item counted: {rejected}"
+    let rejected = kubetrail_testkit::prometheus_value(
+        &metrics,
+        "kubetrail_events_rejected_total",
+        &[("reason", "malformed_item")],
+    )
+    .unwrap_or_else(|| panic!("no malformed_item count:\n{metrics}"));
+    assert_eq!(
+        rejected,
+        (ITEMS - 1) as f64,
+        "every bad item counted:\n{metrics}"
     );
 
     let status = terminate(&mut child).await;
@@ -172,11 +156,8 @@ async fn a_followed_file_of_broken_lines_writes_a_bounded_number_of_log_lines() 
     let counted = tokio::time::timeout(Duration::from_secs(120), async {
         loop {
             let text = common::get_text(&http, &metrics_url).await;
-            let n = text
-                .lines()
-                .find(|l| l.starts_with("kubetrail_follow_malformed_total{"))
-                .and_then(|l| l.rsplit(' ').next())
-                .and_then(|v| v.parse::<f64>().ok());
+            let n =
+                kubetrail_testkit::prometheus_value(&text, "kubetrail_follow_malformed_total", &[]);
             if n == Some(BROKEN as f64) {
                 return;
             }

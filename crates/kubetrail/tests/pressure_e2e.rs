@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 
 mod common;
 
-use common::{first_word, spawn_until, terminate};
+use common::{spawn_serve, terminate};
 
 const STALLED: usize = 2_000;
 const MAX_CONNECTIONS: usize = 2_048;
@@ -77,22 +77,15 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
     )
     .unwrap();
     let out = dir.path().join("spans.json");
-    let (mut child, rest, stderr) = spawn_until(
-        &[
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--config",
-            config.to_str().unwrap(),
-            "--token-file",
-            tokens.to_str().unwrap(),
-            "--otlp-json",
-            out.to_str().unwrap(),
-        ],
-        "kubetrail serve: listening on ",
-    )
+    let (mut child, addr, stderr) = spawn_serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--token-file",
+        tokens.to_str().unwrap(),
+        "--otlp-json",
+        out.to_str().unwrap(),
+    ])
     .await;
-    let addr = first_word(&rest);
     let pid = child.id().unwrap();
     let http = reqwest::Client::new();
     let health = http
@@ -131,15 +124,7 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
         "requestReceivedTimestamp": "2024-05-01T10:00:00.000000Z",
         "stageTimestamp": "2024-05-01T10:00:00.004000Z"
     })]);
-    let accepted = http
-        .post(format!("http://{addr}/audit"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(serde_json::to_vec(&batch).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(accepted.status(), 200, "{}", accepted.text().await.unwrap());
+    common::post_batch_ok(&http, &format!("http://{addr}/audit"), TOKEN, &batch).await;
 
     // Closed connections give their memory back: the receiver sees them go.
     drop(stalled);
@@ -149,10 +134,8 @@ async fn two_thousand_stalled_connections_stay_within_the_memory_bound() {
         loop {
             tick.tick().await;
             let text = common::get_text(&http, &metrics_url).await;
-            let open = text
-                .lines()
-                .find_map(|l| l.strip_prefix("kubetrail_connections_open "))
-                .and_then(|v| v.trim().parse::<f64>().ok());
+            let open =
+                kubetrail_testkit::prometheus_value(&text, "kubetrail_connections_open", &[]);
             if open.is_some_and(|n| n <= 2.0) {
                 return;
             }

@@ -12,7 +12,7 @@ mod common;
 
 use common::id_set;
 use kubetrail_gen::{GeneratedStream, RolloutScenario};
-use kubetrail_testkit::{OtlpReceiver, ReceivedSpan, parse_otlp_json_lines};
+use kubetrail_testkit::{OtlpReceiver, ReceivedSpan};
 use tokio::process::Command;
 
 const OBJECT_KIND: i32 = 1; // SPAN_KIND_INTERNAL
@@ -236,7 +236,7 @@ async fn rollout_replays_to_otlp_grpc_http_and_json_with_identical_ids() {
     );
 
     // The OTLP/JSON file holds the same spans.
-    let from_file = parse_otlp_json_lines(&std::fs::read_to_string(&json_out).unwrap()).unwrap();
+    let from_file = common::read_spans(&json_out);
     assert_eq!(id_set(&from_file), id_set(&via_grpc));
 
     // A second run, over HTTP/protobuf: the same ids (determinism across runs and protocols).
@@ -360,8 +360,8 @@ async fn gzip_stdin_and_malformed_lines() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let spans_a = parse_otlp_json_lines(&std::fs::read_to_string(&a).unwrap()).unwrap();
-    let spans_b = parse_otlp_json_lines(&std::fs::read_to_string(&b).unwrap()).unwrap();
+    let spans_a = common::read_spans(&a);
+    let spans_b = common::read_spans(&b);
     assert_eq!(id_set(&spans_a), id_set(&spans_b));
     assert_rollout_traces(&spans_b, &stream);
 }
@@ -428,7 +428,7 @@ async fn timeline_and_url_find_the_deployment_without_jaeger() {
     ])
     .await;
     assert!(run.status.success(), "{}", run.stderr);
-    let spans = parse_otlp_json_lines(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let spans = common::read_spans(&json);
     let root = spans
         .iter()
         .find(|s| s.kind == OBJECT_KIND && s.parent_span_id.is_none())

@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use kubetrail_gen::RolloutScenario;
-use kubetrail_testkit::{ApiServerClient, KafkaBroker, OtlpReceiver, parse_otlp_json_lines};
-use tokio::process::{Child, Command};
+use kubetrail_testkit::{ApiServerClient, KafkaBroker, OtlpReceiver};
+use tokio::process::Child;
 
 mod common;
 
-use common::{first_word, id_set as ids, spawn_until, terminate};
+use common::{id_set as ids, kill9, spawn_until, terminate};
 
 async fn start(args: &[&str], ready: &str) -> (Child, String) {
     let (child, rest, _stderr) = spawn_until(args, ready).await;
@@ -28,22 +28,7 @@ async fn webhook_to_kafka_to_two_consumers_equals_replay() {
     let otlp = OtlpReceiver::start().await.unwrap();
     let endpoint = otlp.grpc_endpoint();
 
-    let (mut receive, rest) = start(
-        &[
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--cluster",
-            "e2e",
-            "--kafka-brokers",
-            &brokers,
-            "--kafka-topic",
-            "audit",
-        ],
-        "kubetrail receive: listening on ",
-    )
-    .await;
-    let addr = first_word(&rest);
+    let (mut receive, addr, _stderr) = common::spawn_receive("e2e", &brokers, "audit", &[]).await;
     let consumer = || {
         vec![
             "consume".to_owned(),
@@ -84,20 +69,7 @@ async fn webhook_to_kafka_to_two_consumers_equals_replay() {
     let log = dir.path().join("audit.log");
     std::fs::write(&log, stream.to_json_lines()).unwrap();
     let json = dir.path().join("replay.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args([
-            "replay",
-            "--cluster",
-            "e2e",
-            "--otlp-json",
-            json.to_str().unwrap(),
-            log.to_str().unwrap(),
-        ])
-        .output()
-        .await
-        .unwrap();
-    assert!(out.status.success());
-    let expected = ids(&parse_otlp_json_lines(&std::fs::read_to_string(&json).unwrap()).unwrap());
+    let expected = ids(&common::replay_json("e2e", [&log], &json).await.0);
 
     // Live consumers emit object spans once the families are quiet (wall clock), so every
     // expected span arrives without stopping them.
@@ -144,36 +116,9 @@ async fn consume(brokers: &str, topic: &str, group: &str, otlp: &str) -> (Child,
 async fn receive(dir: &std::path::Path, brokers: &str, topic: &str) -> (Child, String) {
     let config = dir.join("receive.yaml");
     std::fs::write(&config, "kafka:\n  produce_timeout: 3s\n").unwrap();
-    let (child, rest) = start(
-        &[
-            "receive",
-            "--listen",
-            "127.0.0.1:0",
-            "--cluster",
-            "e2e",
-            "--config",
-            config.to_str().unwrap(),
-            "--kafka-brokers",
-            brokers,
-            "--kafka-topic",
-            topic,
-        ],
-        "kubetrail receive: listening on ",
-    )
-    .await;
-    let url = format!("http://{}/audit/e2e", first_word(&rest));
-    (child, url)
-}
-
-fn kill9(child: &Child) {
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-KILL", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    let more = ["--config", config.to_str().unwrap()];
+    let (child, addr, _stderr) = common::spawn_receive("e2e", brokers, topic, &more).await;
+    (child, format!("http://{addr}/audit/e2e"))
 }
 
 /// The committed offsets of `group` equal the end of every partition: each message was
@@ -323,15 +268,7 @@ async fn a_consumer_killed_with_sigkill_is_replaced_and_the_traces_equal_replay(
 
 /// Trace ids of the Tenant family's request spans (auditIDs `tenant-…`).
 fn tenant_traces(spans: &[kubetrail_testkit::ReceivedSpan]) -> std::collections::BTreeSet<String> {
-    spans
-        .iter()
-        .filter(|s| {
-            s.attributes
-                .get("kubetrail.audit.id")
-                .is_some_and(|a| a.starts_with("tenant-"))
-        })
-        .map(|s| s.trace_id.clone())
-        .collect()
+    kubetrail_testkit::audit_id_traces(spans, "tenant-")
 }
 
 /// The family `receive`'s namespace keys cut apart — a cluster-scoped Tenant owning two
@@ -361,18 +298,7 @@ async fn a_cluster_scoped_owners_family_through_receive_and_two_consumes_equals_
     let log = dir.path().join("audit.log");
     std::fs::write(&log, &lines).unwrap();
     let json = dir.path().join("replay.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(["replay", "--cluster", "e2e", "--otlp-json"])
-        .args([json.to_str().unwrap(), log.to_str().unwrap()])
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let want = parse_otlp_json_lines(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let (want, _) = common::replay_json("e2e", [&log], &json).await;
     assert_eq!(tenant_traces(&want).len(), 1, "replay: one trace");
 
     let broker = KafkaBroker::start().unwrap();

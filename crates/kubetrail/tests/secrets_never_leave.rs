@@ -7,7 +7,7 @@ use std::process::Stdio;
 
 mod common;
 
-use common::{first_word, spawn_until, terminate};
+use common::terminate;
 use kubetrail_testkit::{ApiServerClient, OtlpReceiver};
 use serde_json::{Value, json};
 use tokio::process::Command;
@@ -15,22 +15,7 @@ use tokio::process::Command;
 const PLANTED: &str = "PLANTED-s3cr3t-9f2c1e";
 
 fn b64(s: &str) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let b = s.as_bytes();
-    let mut out = String::new();
-    for c in b.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    kubetrail_testkit::base64(s.as_bytes())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -127,33 +112,22 @@ async fn replay_outputs_and_logs_hold_no_secret() {
     let json = dir.path().join("o.jsonl");
     let html = dir.path().join("report.html");
     let otlp = OtlpReceiver::start().await.unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args([
-            "--log-level",
-            "trace",
-            "replay",
-            "--tree",
-            "--config",
-            cfg.to_str().unwrap(),
-        ])
-        .args([
-            "--otlp-json",
-            json.to_str().unwrap(),
-            "--otlp-endpoint",
-            &otlp.grpc_endpoint(),
-            "--html",
-            html.to_str().unwrap(),
-        ])
-        .arg(&log)
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = common::run_ok([
+        "--log-level",
+        "trace",
+        "replay",
+        "--tree",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--otlp-json",
+        json.to_str().unwrap(),
+        "--otlp-endpoint",
+        &otlp.grpc_endpoint(),
+        "--html",
+        html.to_str().unwrap(),
+        log.to_str().unwrap(),
+    ])
+    .await;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stdout.contains("create secrets"), "{stdout}");
@@ -212,8 +186,7 @@ async fn serve_outputs_and_logs_hold_no_secret() {
         "--otlp-endpoint",
         &endpoint,
     ];
-    let (mut child, rest, drain) = spawn_until(&args, "kubetrail serve: listening on ").await;
-    let addr = first_word(&rest);
+    let (mut child, addr, drain) = common::spawn_serve_args(&args).await;
     let report = ApiServerClient::new(&format!("http://{addr}/audit/c1"))
         .send_events(&events())
         .await

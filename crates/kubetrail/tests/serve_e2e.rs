@@ -7,21 +7,13 @@ use std::process::Stdio;
 
 use kubetrail_gen::RolloutScenario;
 use kubetrail_testkit::{ApiServerClient, OtlpReceiver, Pki};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 const OBJECT_KIND: i32 = 1;
 
 mod common;
 
-use common::{first_word, spawn_until, terminate};
-
-/// Starts `kubetrail serve` with the given extra arguments on an ephemeral port.
-async fn start_serve(args: &[&str]) -> (Child, String, tokio::task::JoinHandle<String>) {
-    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
-    all.extend_from_slice(args);
-    let (child, rest, stderr) = spawn_until(&all, "kubetrail serve: listening on ").await;
-    (child, first_word(&rest), stderr)
-}
+use common::terminate;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_sigterm() {
@@ -38,23 +30,10 @@ async fn webhook_over_tls_with_token_exports_every_accepted_event_and_drains_on_
     std::fs::write(&tokens, "# kube-apiserver\nsecret-token-1\n").unwrap();
     let otlp = OtlpReceiver::start().await.unwrap();
     let endpoint = otlp.grpc_endpoint();
-    let (mut child, addr, stderr) = start_serve(&[
-        "--cluster",
-        "fallback",
-        "--otlp-endpoint",
-        &endpoint,
-        "--tls-cert",
-        pki.server_cert.to_str().unwrap(),
-        "--tls-key",
-        pki.server_key.to_str().unwrap(),
-        "--token-file",
-        tokens.to_str().unwrap(),
-        "--jaeger-url",
-        "http://jaeger:16686",
-        "--linger",
-        "1h",
-    ])
-    .await;
+    let mut args = vec!["--cluster", "fallback", "--otlp-endpoint", &endpoint];
+    args.extend(common::tls_token_args(&pki, &tokens));
+    args.extend(["--jaeger-url", "http://jaeger:16686", "--linger", "1h"]);
+    let (mut child, addr, stderr) = common::spawn_serve(&args).await;
     let url = format!("https://{addr}/audit/e2e");
 
     // Without the token: 401, and nothing is queued.

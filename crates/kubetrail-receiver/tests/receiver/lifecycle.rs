@@ -417,28 +417,10 @@ async fn metrics_are_exported() {
         400
     );
 
-    let text = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .unwrap()
-        .get(h.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let text = kubetrail_testkit::get_text(&http, &h.url("/metrics")).await;
     let value = |name: &str, labels: &[(&str, &str)]| -> Option<f64> {
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .find(|l| {
-                l.starts_with(&format!("{name}{{"))
-                    && labels
-                        .iter()
-                        .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
+        kubetrail_testkit::prometheus_value(&text, name, labels)
     };
     let cluster = [("cluster", "metrics-test")];
     assert_eq!(

@@ -44,21 +44,174 @@ pub async fn spawn_until(args: &[&str], ready: &str) -> (Child, String, JoinHand
     (child, rest, drain)
 }
 
+/// Starts `kubetrail ARGS…` (ARGS name the `serve` command, after any global flags) and
+/// waits until it listens. Returns the child, the address it listens on, and the task
+/// draining its stderr (see [`spawn_until`]).
+pub async fn spawn_serve_args(args: &[&str]) -> (Child, String, JoinHandle<String>) {
+    let (child, rest, stderr) = spawn_until(args, "kubetrail serve: listening on ").await;
+    (child, first_word(&rest), stderr)
+}
+
+/// Starts `kubetrail serve ARGS…` on an ephemeral port of 127.0.0.1 (see
+/// [`spawn_serve_args`]).
+pub async fn spawn_serve(args: &[&str]) -> (Child, String, JoinHandle<String>) {
+    let mut all = vec!["serve", "--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    spawn_serve_args(&all).await
+}
+
+/// Starts `kubetrail receive` on an ephemeral port for `cluster`, producing to `topic` on
+/// the Kafka `brokers`, with `more` arguments, and waits until it listens. Returns the child,
+/// the address it listens on, and the task draining its stderr (see [`spawn_until`]).
+pub async fn spawn_receive(
+    cluster: &str,
+    brokers: &str,
+    topic: &str,
+    more: &[&str],
+) -> (Child, String, JoinHandle<String>) {
+    let mut args = vec!["receive", "--listen", "127.0.0.1:0", "--cluster", cluster];
+    args.extend_from_slice(&["--kafka-brokers", brokers, "--kafka-topic", topic]);
+    args.extend_from_slice(more);
+    let (child, rest, stderr) = spawn_until(&args, "kubetrail receive: listening on ").await;
+    (child, first_word(&rest), stderr)
+}
+
+/// The `serve` arguments for HTTPS with `pki`'s server certificate and bearer tokens read
+/// from the file `tokens`, as an operator configures the webhook.
+pub fn tls_token_args<'a>(
+    pki: &'a kubetrail_testkit::Pki,
+    tokens: &'a std::path::Path,
+) -> [&'a str; 6] {
+    [
+        "--tls-cert",
+        pki.server_cert.to_str().unwrap(),
+        "--tls-key",
+        pki.server_key.to_str().unwrap(),
+        "--token-file",
+        tokens.to_str().unwrap(),
+    ]
+}
+
+/// Writes to `path` a config whose `follow:` section follows `log`, keeping its positions in
+/// `state` and checking often (state every 100 ms, the file every 20 ms), so tests of `serve`
+/// and `receive` with a follower see it work within moments.
+pub fn write_follow_config(path: &std::path::Path, log: &std::path::Path, state: &std::path::Path) {
+    let yaml = format!(
+        "follow:\n  paths: [{}]\n  state_file: {}\n  state_interval: 100ms\n  poll_interval: 20ms\n",
+        log.display(),
+        state.display()
+    );
+    std::fs::write(path, yaml).unwrap();
+}
+
+/// POSTs the EventList `batch` to `url` with the bearer `token`, as kube-apiserver's webhook
+/// does, and fails the test unless the answer is 200; returns the answer's body.
+pub async fn post_batch_ok(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    batch: &serde_json::Value,
+) -> String {
+    let answer = http
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(batch).unwrap())
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("POST {url}: {e}"));
+    let status = answer.status();
+    let body = answer.text().await.unwrap();
+    assert_eq!(status, 200, "POST {url}: {body}");
+    body
+}
+
+/// Runs `kubetrail ARGS…` to its end (stdin closed, killed should the test end first) and
+/// fails the test, showing the arguments and kubetrail's stderr, unless it exits 0. Returns
+/// its output, for assertions on stdout and stderr.
+pub async fn run_ok<I, S>(args: I) -> std::process::Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let args: Vec<std::ffi::OsString> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
+        .args(&args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "kubetrail {args:?} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The spans of an OTLP/JSON file (one `ExportTraceServiceRequest` a line, as `--otlp-json`
+/// writes), failing the test when it cannot be read or parsed.
+pub fn read_spans(path: &std::path::Path) -> Vec<kubetrail_testkit::ReceivedSpan> {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    kubetrail_testkit::parse_otlp_json_lines(&text)
+        .unwrap_or_else(|e| panic!("{}: {e:#}", path.display()))
+}
+
+/// Runs `kubetrail replay --cluster CLUSTER --otlp-json OUT ARGS…` (ARGS: more options and
+/// the inputs), failing the test unless it succeeds (see [`run_ok`]); the spans it wrote to
+/// OUT, and its stderr.
+pub async fn replay_json<I, S>(
+    cluster: &str,
+    args: I,
+    out: &std::path::Path,
+) -> (Vec<kubetrail_testkit::ReceivedSpan>, String)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut all: Vec<std::ffi::OsString> = ["replay", "--cluster", cluster, "--otlp-json"]
+        .iter()
+        .map(Into::into)
+        .collect();
+    all.push(out.into());
+    all.extend(args.into_iter().map(|a| a.as_ref().to_owned()));
+    let run = run_ok(all).await;
+    (
+        read_spans(out),
+        String::from_utf8_lossy(&run.stderr).into_owned(),
+    )
+}
+
 /// The first word of a "listening on ADDR …" line's rest.
 pub fn first_word(rest: &str) -> String {
     rest.split_whitespace().next().unwrap().to_owned()
 }
 
-/// Sends SIGTERM and waits for the process to exit.
-pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+/// Sends the signal `sig` (`TERM`, `KILL`, …) to the child with kill(1), failing the test
+/// unless it was sent.
+pub fn signal(child: &Child, sig: &str) {
     let pid = child.id().unwrap().to_string();
     assert!(
         std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([&format!("-{sig}"), &pid])
             .status()
             .unwrap()
-            .success()
+            .success(),
+        "kill -{sig} {pid}"
     );
+}
+
+/// Sends SIGKILL (a crash: nothing is flushed); does not wait.
+pub fn kill9(child: &Child) {
+    signal(child, "KILL");
+}
+
+/// Sends SIGTERM and waits for the process to exit.
+pub async fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    signal(child, "TERM");
     tokio::time::timeout(Duration::from_secs(90), child.wait())
         .await
         .expect("did not stop after SIGTERM")
@@ -142,23 +295,8 @@ pub async fn replay_id_set(
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("audit.log");
     std::fs::write(&log, json_lines).unwrap();
-    let json = dir.path().join("replay.jsonl");
-    let out = Command::new(env!("CARGO_BIN_EXE_kubetrail"))
-        .args(["replay", "--cluster", cluster, "--otlp-json"])
-        .arg(&json)
-        .arg(&log)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    id_set(
-        &kubetrail_testkit::parse_otlp_json_lines(&std::fs::read_to_string(&json).unwrap())
-            .unwrap(),
-    )
+    let (spans, _) = replay_json(cluster, [&log], &dir.path().join("replay.jsonl")).await;
+    id_set(&spans)
 }
 
 /// A start for a live rollout (what an API server sends `serve`): inside the current
@@ -218,13 +356,4 @@ pub fn rust_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     out
 }
 
-/// The body of a GET of `url` (a `/metrics` page, a probe), failing the test on any error.
-pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
-    http.get(url)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-        .text()
-        .await
-        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
-}
+pub use kubetrail_testkit::get_text;
