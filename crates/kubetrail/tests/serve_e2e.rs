@@ -157,7 +157,7 @@ async fn a_backlog_older_than_the_request_timeout_loses_no_request_between_batch
     let otlp = OtlpReceiver::start().await.unwrap();
     let endpoint = otlp.grpc_endpoint();
     let (mut child, addr, stderr) =
-        start_serve(&["--otlp-endpoint", &endpoint, "--linger", "1h"]).await;
+        common::spawn_serve(&["--otlp-endpoint", &endpoint, "--linger", "1h"]).await;
     // Batches of 25: many requests' two stages land in different batches.
     let client = ApiServerClient::new(&format!("http://{addr}/audit/e2e")).with_batch_size(25);
     let report = client.send_events(&stream.events).await.unwrap();
