@@ -127,7 +127,7 @@ fn decompressing(
     raw: Box<dyn Read + Send>,
     count: Arc<AtomicU64>,
 ) -> Result<Box<dyn BufRead + Send>, SourceError> {
-    let mut buffered = BufReader::with_capacity(256 << 10, Counting { inner: raw, count });
+    let mut buffered = BufReader::with_capacity(FEED_BYTES, Counting { inner: raw, count });
     let magic = buffered.fill_buf().map_err(|source| SourceError::Read {
         name: name.to_owned(),
         line: 0,
@@ -143,6 +143,9 @@ fn decompressing(
     };
     Ok(reader)
 }
+
+/// The most bytes framed per round of [`EventReader`]'s reading (the size of its file buffer).
+const FEED_BYTES: usize = 256 << 10;
 
 /// An iterator of audit events from one input, with malformed records reported in-line.
 ///
@@ -263,8 +266,11 @@ impl EventReader {
                 self.framer.end(&mut self.frames);
                 self.done = true;
             } else {
-                let n = chunk.len();
-                self.framer.feed(chunk, &mut self.frames);
+                // At most FEED_BYTES per round, whatever the reader buffers (a `Cursor` over a
+                // whole dump hands all of it at once): the records framed and decoded ahead of
+                // the consumer stay bounded.
+                let n = chunk.len().min(FEED_BYTES);
+                self.framer.feed(&chunk[..n], &mut self.frames);
                 self.input.consume(n);
             }
             let frames = std::mem::take(&mut self.frames);
@@ -382,6 +388,32 @@ mod tests {
 
     const E1: &str = r#"{"level":"Metadata","auditID":"1","stage":"ResponseComplete","requestURI":"/","verb":"get","user":{}}"#;
     const E2: &str = r#"{"level":"Metadata","auditID":"2","stage":"ResponseComplete","requestURI":"/","verb":"get","user":{}}"#;
+
+    /// A reader that hands its whole input at once (a `Cursor` over a 10 MB dump) is still
+    /// framed and decoded a buffer's worth at a time: what waits ahead of the consumer stays
+    /// bounded, and every event still comes, in order.
+    #[test]
+    fn a_reader_buffering_everything_is_decoded_a_buffer_at_a_time() {
+        let lines = 100_000;
+        let text: String = (0..lines)
+            .map(|i| E1.replace("\"1\"", &format!("\"{i}\"")) + "\n")
+            .collect();
+        let per_buffer = FEED_BYTES / E1.len() + 1;
+        let mut reader = EventReader::from_reader("t", io::Cursor::new(text.into_bytes()));
+        let first = reader.next().unwrap().unwrap().unwrap();
+        assert_eq!(first.audit_id, "0");
+        assert!(
+            reader.pending.len() <= per_buffer,
+            "{} decoded ahead (one buffer holds {per_buffer})",
+            reader.pending.len()
+        );
+        let mut next = 1;
+        for r in reader {
+            assert_eq!(r.unwrap().unwrap().audit_id, next.to_string());
+            next += 1;
+        }
+        assert_eq!(next, lines);
+    }
 
     fn read(text: &str) -> (Vec<String>, Vec<Malformed>) {
         let mut ids = vec![];
